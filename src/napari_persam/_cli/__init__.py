@@ -1,0 +1,1 @@
+"""Subcommands of the ``napari-persam`` command; see :mod:`napari_persam.cli`."""

@@ -1,0 +1,49 @@
+"""The ``napari-persam`` command.
+
+Each subcommand lives in its own module under ``napari_persam._cli`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable
+``func(args) -> int`` (the exit code). Exit codes: 0 success, 1 some work
+failed (each failure named), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from napari_persam import __version__
+
+# Subcommand modules, in the order `--help` lists them.
+SUBCOMMANDS: tuple[str, ...] = ()
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_BAD_ARGUMENTS = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-persam",
+        description="Personalized segmentation with SAM (PerSAM / PerSAM-F): "
+        "learn a concept from painted examples and segment it anywhere.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-persam {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"napari_persam._cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse exits with code 2 on bad arguments
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_ARGUMENTS
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Options of the PerSAM engine as one frozen dataclass (no torch import here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENCODER_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class PerSAMConfig:
+    """What the engine does; built by the widget or the command line.
+
+    Parameters
+    ----------
+    target_guided_attention : bool
+        Bias the decoder's token-to-image cross-attention towards cells that look
+        like the target (PerSAM's target-guided attention).
+    semantic_prompt : bool
+        Add the target embedding to the decoder's query tokens (target-semantic
+        prompting).
+    negative_prior : bool
+        Add a negative point at the least similar location (PerSAM's
+        positive-negative location prior).
+    refinement_steps : int
+        Cascaded post-refinement steps after the first prediction: 0, 1 (mask
+        logits fed back) or 2 (and the mask's tight box). More than 2 repeats the
+        box step.
+    min_area_fraction : float
+        Connected components smaller than this fraction of the image area are
+        removed from the result. 0 keeps everything.
+    encoder_dtype : {"float32", "bfloat16"}
+        Precision of the image encoder (bfloat16 autocast where the device supports
+        it; the decoder always runs in float32).
+    foreground_coverage : float
+        A feature cell is foreground for the target embedding when the reference
+        mask covers at least this fraction of it.
+    channels : tuple of int, optional
+        Which channels (last axis) of an image with more than 4 channels to use:
+        one index (shown as grey) or three (as RGB).
+    finetune_steps, finetune_lr : int, float
+        PerSAM-F training schedule (AdamW, cosine decay).
+    finetune_max_side : int
+        PerSAM-F fits its weights on logits resized so the longest side is at
+        most this many pixels; the loss is a mean over pixels, so this changes the
+        result little and the fitting time a lot.
+    cache_size : int
+        How many image embeddings the in-memory cache keeps.
+    seed : int
+        Seed for anything random (PerSAM-F has no randomness; kept for
+        determinism of future steps).
+    """
+
+    target_guided_attention: bool = True
+    semantic_prompt: bool = True
+    negative_prior: bool = True
+    refinement_steps: int = 2
+    min_area_fraction: float = 0.001
+    encoder_dtype: str = "float32"
+    foreground_coverage: float = 0.5
+    channels: tuple[int, ...] | None = None
+    finetune_steps: int = 1000
+    finetune_lr: float = 1e-3
+    finetune_max_side: int = 256
+    cache_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.encoder_dtype not in ENCODER_DTYPES:
+            raise ValueError(
+                f"encoder_dtype must be one of {ENCODER_DTYPES}, got {self.encoder_dtype!r}."
+            )
+        if self.refinement_steps < 0:
+            raise ValueError(f"refinement_steps must be 0 or more, got {self.refinement_steps}.")
+        if not 0.0 <= self.min_area_fraction < 1.0:
+            raise ValueError(
+                f"min_area_fraction must be in [0, 1), got {self.min_area_fraction}."
+            )
+        if not 0.0 < self.foreground_coverage <= 1.0:
+            raise ValueError(
+                f"foreground_coverage must be in (0, 1], got {self.foreground_coverage}."
+            )
+        if self.channels is not None:
+            channels = tuple(int(c) for c in self.channels)
+            if len(channels) not in (1, 3):
+                raise ValueError(
+                    f"channels must name 1 channel (grey) or 3 (RGB), got {self.channels}."
+                )
+            object.__setattr__(self, "channels", channels)
+        if self.finetune_steps < 1 or self.finetune_lr <= 0:
+            raise ValueError("finetune_steps must be >= 1 and finetune_lr > 0.")
+        if self.finetune_max_side < 16:
+            raise ValueError(f"finetune_max_side must be >= 16, got {self.finetune_max_side}.")
+        if self.cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {self.cache_size}.")

@@ -1,0 +1,94 @@
+"""Choosing the torch device: CUDA, then Apple MPS, then CPU, unless one is named."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+MPS_WARNING = (
+    "Running SAM on Apple MPS: results can differ slightly from CPU/CUDA because some "
+    "operations use lower precision there. Pass device='cpu' for reference results."
+)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``None`` or ``"auto"`` picks CUDA, then MPS, then CPU. A named device
+        (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) is checked for availability.
+
+    Raises
+    ------
+    ValueError
+        If the named device does not exist on this machine, saying which ones do.
+    """
+    import torch
+
+    if device is None or (isinstance(device, str) and device.lower() == "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            warnings.warn(MPS_WARNING, stacklevel=2)
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
+        ) from error
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"Device {device!r} was asked for but CUDA is not available here "
+                f"(available: {', '.join(available_devices())}). Use device='cpu' or 'auto'."
+            )
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"Device {device!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)."
+            )
+    elif chosen.type == "mps":
+        if not _mps_available():
+            raise ValueError(
+                f"Device 'mps' was asked for but Apple MPS is not available here "
+                f"(available: {', '.join(available_devices())})."
+            )
+        warnings.warn(MPS_WARNING, stacklevel=2)
+    elif chosen.type != "cpu":
+        raise ValueError(f"Unsupported device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'.")
+    return chosen
+
+
+def available_devices() -> list[str]:
+    """Names of the devices usable here, best first (``"cpu"`` always last)."""
+    import torch
+
+    names = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("mps")
+    names.append("cpu")
+    return names
+
+
+def supports_bfloat16(device: torch.device) -> bool:
+    """Whether autocast to bfloat16 is worth using on ``device``."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    # CPU autocast supports bfloat16 everywhere torch runs; MPS only on recent macOS.
+    return device.type in ("cpu", "mps")
+
+
+def _mps_available() -> bool:
+    import torch
+
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())

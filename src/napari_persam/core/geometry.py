@@ -1,0 +1,166 @@
+"""SAM's resize-and-pad geometry, and the one place where (y, x) becomes SAM's (x, y).
+
+SAM resizes an image so its longest side is ``img_size`` (1024), pads bottom and
+right to a square, and encodes it to a ``grid`` x ``grid`` feature map (64 x 64),
+one cell per 16 x 16 padded pixels. Everything that moves between image pixels,
+feature cells and SAM prompts goes through :class:`SamGeometry`, so non-square
+images stay aligned (the official PerSAM code stretches its attention map over the
+padding instead).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """Shape after resizing so the longest side is ``long_side`` (SAM's rounding)."""
+    scale = long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+@dataclass(frozen=True)
+class SamGeometry:
+    """Where an image of ``original_hw`` lands in SAM's input and feature grid.
+
+    Attributes
+    ----------
+    original_hw : (int, int)
+        Image height and width in pixels.
+    img_size : int
+        Side of SAM's square input (1024 for the published models).
+    grid_hw : (int, int)
+        Feature grid (64, 64 for the published models).
+    """
+
+    original_hw: tuple[int, int]
+    img_size: int = 1024
+    grid_hw: tuple[int, int] = (64, 64)
+
+    def __post_init__(self) -> None:
+        height, width = self.original_hw
+        if height < 1 or width < 1:
+            raise ValueError(f"Image of shape {self.original_hw} has no pixels.")
+        short = min(self.resized_hw)
+        if short < self.cell_size:
+            raise ValueError(
+                f"Image of shape {self.original_hw} is too thin: SAM resizes its longest side "
+                f"to {self.img_size} px, which leaves its short side {short} px, less than one "
+                f"feature cell ({self.cell_size:g} px). Crop it to a less elongated region."
+            )
+
+    @property
+    def resized_hw(self) -> tuple[int, int]:
+        """Image shape inside SAM's input, before padding."""
+        return resized_shape(*self.original_hw, self.img_size)
+
+    @property
+    def cell_size(self) -> float:
+        """Side of one feature cell in SAM input pixels (16 for the published models)."""
+        return self.img_size / self.grid_hw[1]
+
+    @property
+    def valid_grid_hw(self) -> tuple[int, int]:
+        """Feature cells that hold any image (the rest cover padding only)."""
+        rh, rw = self.resized_hw
+        return math.ceil(rh / self.cell_size), math.ceil(rw / self.cell_size)
+
+    def valid_cells(self) -> np.ndarray:
+        """(gh, gw) bool: cells that overlap the image rather than only padding."""
+        valid = np.zeros(self.grid_hw, dtype=bool)
+        vh, vw = self.valid_grid_hw
+        valid[:vh, :vw] = True
+        return valid
+
+    # ---------------------------------------------------------------- masks -> grid
+    def mask_coverage(self, mask: np.ndarray) -> np.ndarray:
+        """Fraction of each feature cell covered by ``mask``.
+
+        Parameters
+        ----------
+        mask : (H, W) bool or float in [0, 1]
+            In original image pixels.
+
+        Returns
+        -------
+        (gh, gw) float32 in [0, 1]
+            Computed in SAM's geometry: the mask is resized like the image
+            (area-averaged when shrinking), padded with zeros, and averaged per cell.
+        """
+        if tuple(mask.shape) != tuple(self.original_hw):
+            raise ValueError(f"Mask shape {mask.shape} != image shape {self.original_hw}.")
+        values = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+        resized = F.interpolate(
+            values, size=self.resized_hw, mode="bilinear", align_corners=False, antialias=True
+        ).clamp_(0.0, 1.0)
+        padded = F.pad(
+            resized, (0, self.img_size - self.resized_hw[1], 0, self.img_size - self.resized_hw[0])
+        )
+        cell_h = self.img_size // self.grid_hw[0]
+        cell_w = self.img_size // self.grid_hw[1]
+        coverage = F.avg_pool2d(padded, kernel_size=(cell_h, cell_w))
+        return coverage[0, 0].numpy().astype(np.float32)
+
+    # ---------------------------------------------------------------- grid -> image
+    def grid_to_image(self, grid: torch.Tensor) -> torch.Tensor:
+        """Bring values on the feature grid back to original image pixels.
+
+        Parameters
+        ----------
+        grid : (..., gh, gw) float tensor
+            Values on the padded feature grid (e.g. similarity, mask logits of any
+            square resolution in SAM's padded frame).
+
+        Returns
+        -------
+        (..., H, W) float tensor
+            Upsampled to SAM's input, padding cropped off, resized to the original
+            shape: the inverse of the image's resize-and-pad (what
+            ``Sam.postprocess_masks`` does with mask logits).
+        """
+        return self.grid_to_shape(grid, self.original_hw)
+
+    def grid_to_shape(self, grid: torch.Tensor, shape_hw: tuple[int, int]) -> torch.Tensor:
+        """Like :meth:`grid_to_image` but resized to ``shape_hw`` (a smaller copy of the image)."""
+        lead = grid.shape[:-2]
+        values = grid.reshape(-1, 1, *grid.shape[-2:]).float()
+        full = F.interpolate(
+            values, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False
+        )
+        rh, rw = self.resized_hw
+        out = F.interpolate(
+            full[..., :rh, :rw], size=tuple(shape_hw), mode="bilinear", align_corners=False
+        )
+        return out.reshape(*lead, *shape_hw)
+
+    # ------------------------------------------------------- prompts: (y, x) -> (x, y)
+    def points_to_sam(self, points_yx: np.ndarray) -> np.ndarray:
+        """Image points to SAM prompt coordinates.
+
+        Parameters
+        ----------
+        points_yx : (..., 2) float, (y, x) in original pixels
+
+        Returns
+        -------
+        (..., 2) float32, (x, y) in SAM input pixels
+            The only place in the package where (y, x) is swapped to (x, y).
+        """
+        points = np.asarray(points_yx, dtype=np.float64)
+        rh, rw = self.resized_hw
+        height, width = self.original_hw
+        sam_xy = np.empty_like(points)
+        sam_xy[..., 0] = points[..., 1] * (rw / width)
+        sam_xy[..., 1] = points[..., 0] * (rh / height)
+        return sam_xy.astype(np.float32)
+
+    def box_to_sam(self, box_yxyx: np.ndarray) -> np.ndarray:
+        """A (..., 4) box (y0, x0, y1, x1) in image pixels to SAM's (x0, y0, x1, y1)."""
+        box = np.asarray(box_yxyx, dtype=np.float64)
+        corners = np.stack([box[..., 0:2], box[..., 2:4]], axis=-2)  # (..., 2, 2) yx
+        return self.points_to_sam(corners).reshape(*box.shape[:-1], 4)
