@@ -44,7 +44,9 @@ class Concept:
         PerSAM-F weights over SAM's three multimask logits (they sum to 1), or
         ``None`` for training-free PerSAM.
     model_fingerprint : str
-        Identity of the model the concept was learned with.
+        Identity of the model's architecture and weights the concept was learned with.
+    model_name : str
+        Registry name of that model, if the engine knew it ("" otherwise).
     shots : tuple of Shot
         The references, needed by :meth:`PerSAM.finetune`.
     finetune_losses : (steps,) float32 or None
@@ -53,6 +55,7 @@ class Concept:
 
     target_embedding: np.ndarray
     model_fingerprint: str
+    model_name: str = ""
     mask_weights: np.ndarray | None = None
     shots: tuple[Shot, ...] = field(default=(), repr=False)
     finetune_losses: np.ndarray | None = field(default=None, repr=False)

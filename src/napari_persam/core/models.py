@@ -202,3 +202,39 @@ def load_checkpoint(sam: Sam, checkpoint: str | os.PathLike, *, model_name: str 
             f"{str(error).splitlines()[0]} Is it the checkpoint of another model?"
         ) from error
     return sam
+
+
+def iter_load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+):
+    """Build a model ready to run, as a progress generator (for thread workers).
+
+    Yields :class:`~napari_persam.core.progress.Progress` while working (checkpoint
+    download progress once the weights module provides downloads) and returns the
+    ``Sam`` in eval mode on ``device``.
+
+    Parameters
+    ----------
+    name : str
+        Registry key. ``"tiny"`` needs no checkpoint.
+    checkpoint : path, optional
+        Weights file used as is. Required for the published models until automatic
+        downloads exist.
+    device : str, torch.device or None
+        ``None`` picks CUDA, then MPS, then CPU.
+    """
+    from napari_persam.core.progress import Progress
+
+    spec = get_spec(name)
+    if checkpoint is None and spec.name != TINY_MODEL:
+        raise ValueError(
+            f"No checkpoint given for model {name!r}: choose the downloaded .pth file "
+            "(for example sam_vit_b_01ec64.pth from the segment-anything release)."
+        )
+    yield Progress(0, 1, f"loading {name}")
+    sam = build_model(name, checkpoint=checkpoint, device=device)
+    yield Progress(1, 1, f"loaded {name}")
+    return sam

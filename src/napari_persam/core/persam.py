@@ -76,6 +76,8 @@ class PerSAM:
     cache : EmbeddingCache, optional
         Share one cache between engines of the same model; by default each engine
         has its own of ``config.cache_size`` images.
+    model_name : str, optional
+        Registry name of the model (``"vit_b"``...), recorded in learned concepts.
 
     Examples
     --------
@@ -92,7 +94,9 @@ class PerSAM:
         config: PerSAMConfig | None = None,
         device: str | torch.device | None = None,
         cache: EmbeddingCache | None = None,
+        model_name: str = "",
     ) -> None:
+        self.model_name = model_name
         self.config = config if config is not None else PerSAMConfig()
         self.device = resolve_device(device)
         if self.config.encoder_dtype == "bfloat16" and not supports_bfloat16(self.device):
@@ -157,7 +161,10 @@ class PerSAM:
         pooled = np.concatenate([shot.features[:, shot.foreground_cells].T for shot in shots])
         target = pooled.mean(axis=0).astype(np.float32)
         return Concept(
-            target_embedding=target, model_fingerprint=self.fingerprint, shots=tuple(shots)
+            target_embedding=target,
+            model_fingerprint=self.fingerprint,
+            model_name=self.model_name,
+            shots=tuple(shots),
         )
 
     def _shot(self, image: np.ndarray, mask: np.ndarray) -> Shot:
