@@ -12,14 +12,26 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def tiny_sam():
-    """A seeded two-block random SAM with the real 1024 / 64x64 geometry.
+    """A seeded two-block random SAM with a 256 px input (16 x 16 feature grid).
 
-    Session-scoped because building it costs ~0.1 s; tests must not modify it
-    (the engine only moves it to a device and sets eval mode).
+    Smaller than SAM's 1024 so each decoder call is cheap on two cores; geometry
+    at 1024 is tested on its own. Session-scoped; tests must not modify it (the
+    engine only moves it to a device and sets eval mode).
     """
     from napari_persam.core.models import build_tiny_sam
 
-    return build_tiny_sam(seed=0)
+    return build_tiny_sam(seed=0, img_size=256)
+
+
+@pytest.fixture
+def make_tiny_sam():
+    """Factory for private tiny SAMs that a test may modify."""
+    from napari_persam.core.models import build_tiny_sam
+
+    def make(seed: int = 0, img_size: int = 256):
+        return build_tiny_sam(seed=seed, img_size=img_size)
+
+    return make
 
 
 @pytest.fixture

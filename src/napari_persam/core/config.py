@@ -61,7 +61,7 @@ class PerSAMConfig:
     channels: tuple[int, ...] | None = None
     finetune_steps: int = 1000
     finetune_lr: float = 1e-3
-    finetune_max_side: int = 256
+    finetune_max_side: int = 128
     cache_size: int = 16
     seed: int = 0
 
@@ -73,9 +73,7 @@ class PerSAMConfig:
         if self.refinement_steps < 0:
             raise ValueError(f"refinement_steps must be 0 or more, got {self.refinement_steps}.")
         if not 0.0 <= self.min_area_fraction < 1.0:
-            raise ValueError(
-                f"min_area_fraction must be in [0, 1), got {self.min_area_fraction}."
-            )
+            raise ValueError(f"min_area_fraction must be in [0, 1), got {self.min_area_fraction}.")
         if not 0.0 < self.foreground_coverage <= 1.0:
             raise ValueError(
                 f"foreground_coverage must be in (0, 1], got {self.foreground_coverage}."

@@ -89,14 +89,18 @@ class SamGeometry:
         Returns
         -------
         (gh, gw) float32 in [0, 1]
-            Computed in SAM's geometry: the mask is resized like the image
-            (area-averaged when shrinking), padded with zeros, and averaged per cell.
+            Computed in SAM's geometry: the mask is resized to the image's place in
+            SAM's input (each pixel's area kept), padded with zeros, and averaged per
+            cell.
         """
         if tuple(mask.shape) != tuple(self.original_hw):
             raise ValueError(f"Mask shape {mask.shape} != image shape {self.original_hw}.")
         values = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+        # Area fractions, not a smooth resize: each original pixel keeps its square
+        # footprint when enlarged (nearest) and is averaged by area when shrunk.
+        upsampling = self.resized_hw[0] >= self.original_hw[0]
         resized = F.interpolate(
-            values, size=self.resized_hw, mode="bilinear", align_corners=False, antialias=True
+            values, size=self.resized_hw, mode="nearest-exact" if upsampling else "area"
         ).clamp_(0.0, 1.0)
         padded = F.pad(
             resized, (0, self.img_size - self.resized_hw[1], 0, self.img_size - self.resized_hw[0])

@@ -66,9 +66,7 @@ def prepare_image(image: np.ndarray, *, channels: tuple[int, ...] | None = None)
     elif array.dtype == np.bool_:
         scaled = array.astype(np.uint8) * np.uint8(255)
     else:
-        scaled = np.stack(
-            [_scale_to_uint8(array[..., c]) for c in range(array.shape[-1])], axis=-1
-        )
+        scaled = np.stack([_scale_to_uint8(array[..., c]) for c in range(array.shape[-1])], axis=-1)
     if scaled.shape[-1] == 1:
         scaled = np.repeat(scaled, 3, axis=-1)
     return np.ascontiguousarray(scaled)

@@ -208,7 +208,10 @@ class PerSAM:
             embedding = ImageEmbedding(features=features, geometry=shot.geometry)
             prompt = self._first_prompt(embedding, concept)
             low_res, _ = self._decode(
-                embedding, prompt, multimask=True, attn_bias=prompt.attn_bias,
+                embedding,
+                prompt,
+                multimask=True,
+                attn_bias=prompt.attn_bias,
                 target=prompt.target,
             )
             height, width = shot.geometry.original_hw
@@ -330,11 +333,11 @@ class PerSAM:
         boxes = None
         if box_yxyx is not None:
             boxes = torch.as_tensor(geometry.box_to_sam(box_yxyx)[None], device=self.device)
+        if mask_input is not None:
+            mask_input = mask_input.reshape(1, 1, *mask_input.shape[-2:])
         with torch.no_grad():
             sparse, dense = self.sam.prompt_encoder(
-                points=(coords, labels),
-                boxes=boxes,
-                masks=None if mask_input is None else mask_input.reshape(1, 1, *mask_input.shape[-2:]),
+                points=(coords, labels), boxes=boxes, masks=mask_input
             )
             low_res, iou = decode_masks(
                 self.sam.mask_decoder,
@@ -372,7 +375,10 @@ class PerSAM:
         # First prediction, guided by the target (PerSAM-F mixes the three masks).
         if concept.mask_weights is not None:
             low_res, iou = self._decode(
-                embedding, prompt, multimask=True, attn_bias=prompt.attn_bias,
+                embedding,
+                prompt,
+                multimask=True,
+                attn_bias=prompt.attn_bias,
                 target=prompt.target,
             )
             weights = torch.as_tensor(concept.mask_weights, device=low_res.device)
@@ -380,7 +386,10 @@ class PerSAM:
             score = float((iou * weights).sum())
         else:
             low_res, iou = self._decode(
-                embedding, prompt, multimask=False, attn_bias=prompt.attn_bias,
+                embedding,
+                prompt,
+                multimask=False,
+                attn_bias=prompt.attn_bias,
                 target=prompt.target,
             )
             logits, score = low_res[0], float(iou[0])
