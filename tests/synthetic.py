@@ -98,6 +98,7 @@ def make_scene(
     distractors: tuple[Look, ...] = DISTRACTORS,
     target: Look = TARGET,
     radius: tuple[float, float] = (18.0, 26.0),
+    gap: float = 6.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A seeded scene: ``n_targets`` objects of the target look among distractors.
 
@@ -119,7 +120,7 @@ def make_scene(
             r = rng.uniform(*radius)
             centre = (rng.uniform(r + 2, shape[0] - r - 2), rng.uniform(r + 2, shape[1] - r - 2))
             mask = _shape_mask(shape, centre, r, rng.choice(["disc", "square"]))
-            grown = _shape_mask(shape, centre, r + 6, "disc") | mask
+            grown = _shape_mask(shape, centre, r + gap, "disc") | mask
             if not (grown & occupied).any():
                 break
         else:
@@ -130,3 +131,129 @@ def make_scene(
             placed += 1
             labels[mask] = placed
     return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+# ---------------------------------------------------------------------------
+# A "semantic" SAM for instance, class and stack tests: the stand-in encoder plus
+# a prompt encoder that passes coordinates through and a mask decoder that grows
+# a region of similar feature cells from the positive point. Its masks mean
+# something, so counting and tracking objects can be asserted on. It runs only
+# with target-guided attention and the semantic prompt switched off (those steps
+# need segment_anything's real decoder and are tested with it).
+# ---------------------------------------------------------------------------
+
+
+class PassThroughPromptEncoder(torch.nn.Module):
+    """Encodes each point as (x, y, label) in the first three channels of a token."""
+
+    def __init__(self, *, img_size: int, grid: int, channels: int = 256) -> None:
+        super().__init__()
+        self.image_embedding_size = (grid, grid)
+        self.input_image_size = (img_size, img_size)
+        self.mask_input_size = (4 * grid, 4 * grid)
+        self.channels = channels
+
+    def get_dense_pe(self) -> torch.Tensor:
+        return torch.zeros(1, self.channels, *self.image_embedding_size)
+
+    def forward(self, points, boxes, masks):
+        tokens = []
+        if points is not None:
+            coords, labels = points
+            token = torch.zeros(*labels.shape, self.channels)
+            token[..., 0:2] = coords.float()
+            token[..., 2] = labels.float()
+            tokens.append(token)
+        if boxes is not None:
+            corners = torch.zeros(boxes.shape[0], 2, self.channels)
+            corners[..., 0:2] = boxes.reshape(-1, 2, 2).float()
+            corners[:, 0, 2], corners[:, 1, 2] = 2, 3  # SAM's box corner labels
+            tokens.append(corners)
+        sparse = torch.cat(tokens, dim=1)
+        dense = torch.zeros(sparse.shape[0], self.channels, *self.image_embedding_size)
+        return sparse, dense
+
+
+class RegionGrowingDecoder(torch.nn.Module):
+    """Mask = the connected cells that look like the cell under the positive point."""
+
+    def __init__(self, *, img_size: int, grid: int, similarity: float = 0.9) -> None:
+        super().__init__()
+        self.img_size = img_size
+        self.grid = grid
+        self.similarity = similarity
+
+    def _typical_cell(self, features: torch.Tensor, x: int, y: int) -> tuple[int, int]:
+        """The cell near (x, y) most like its neighbours: a point on an object's edge
+        still grows the object, as SAM still segments an object clicked at its rim."""
+        best, best_score = (x, y), -2.0
+        for cy in range(max(0, y - 1), min(self.grid, y + 2)):
+            for cx in range(max(0, x - 1), min(self.grid, x + 2)):
+                window = features[:, max(0, cy - 1) : cy + 2, max(0, cx - 1) : cx + 2]
+                score = float(torch.einsum("c,chw->hw", features[:, cy, cx], window).mean())
+                if score > best_score:
+                    best, best_score = (cx, cy), score
+        return best
+
+    def forward(
+        self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+        multimask_output,
+    ):
+        from scipy import ndimage
+
+        features = torch.nn.functional.normalize(image_embeddings[0], dim=0)  # (C, g, g)
+        scale = self.grid / self.img_size
+        masks = []
+        for tokens in sparse_prompt_embeddings:
+            labels = tokens[:, 2].round().long()
+            cells = (tokens[:, :2] * scale).long().clamp(0, self.grid - 1)  # (x, y)
+            region = np.zeros((self.grid, self.grid), dtype=bool)
+            positive = cells[labels == 1]
+            if len(positive):
+                x, y = self._typical_cell(features, *positive[0].tolist())
+                alike = torch.einsum("c,chw->hw", features[:, y, x], features) > self.similarity
+                components, _ = ndimage.label(alike.numpy())
+                if components[y, x]:
+                    region = components == components[y, x]
+            corners = cells[(labels == 2) | (labels == 3)]
+            if len(corners) == 2:
+                (x0, y0), (x1, y1) = corners.tolist()
+                inside = np.zeros_like(region)
+                inside[y0 : y1 + 1, x0 : x1 + 1] = True
+                region &= inside
+            low = np.kron(region, np.ones((4, 4), dtype=bool))
+            masks.append(torch.from_numpy(np.where(low, 10.0, -10.0)).float())
+        count = 3 if multimask_output else 1
+        stacked = torch.stack(masks)[:, None].expand(-1, count, -1, -1).contiguous()
+        return stacked, torch.full((len(masks), count), 0.9)
+
+
+def semantic_sam(*, img_size: int = 1024):
+    """A SAM made of the stand-ins above (no random parts)."""
+    from segment_anything.modeling import Sam
+
+    grid = img_size // 16
+    return Sam(
+        image_encoder=ColourTextureEncoder(img_size=img_size),
+        prompt_encoder=PassThroughPromptEncoder(img_size=img_size, grid=grid),
+        mask_decoder=RegionGrowingDecoder(img_size=img_size, grid=grid),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    ).eval()
+
+
+def paint_object(
+    image: np.ndarray, centre: tuple[float, float], radius: float, look: Look, seed: int
+) -> np.ndarray:
+    """Paint a disc of ``look`` into ``image`` in place and return its mask."""
+    mask = _shape_mask(image.shape[:2], centre, radius, "disc")
+    rng = np.random.default_rng(seed)
+    canvas = image.astype(np.float64)
+    _paint(canvas, mask, look, rng)
+    image[:] = np.clip(canvas, 0, 255).astype(np.uint8)
+    return mask
+
+
+def plain_background(shape: tuple[int, int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(120 + rng.normal(0, 5, (*shape, 3)), 0, 255).astype(np.uint8)

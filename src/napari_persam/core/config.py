@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ENCODER_DTYPES = ("float32", "bfloat16")
+STACK_MODES = ("propagate", "independent")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,31 @@ class PerSAMConfig:
         result little and the fitting time a lot.
     cache_size : int
         How many image embeddings the in-memory cache keeps.
+    decoder_batch_size : int
+        Prompt sets decoded in one call of SAM's mask decoder (instances,
+        propagation). Larger is faster until memory runs out.
+    instance_threshold : float, optional
+        Every-instance mode: similarity a local maximum needs to become a candidate.
+        ``None`` takes it from the reference: halfway between the similarity of the
+        reference's object cells and of its background cells.
+    instance_spacing : float, optional
+        Every-instance mode: at most one candidate per this many pixels (the
+        minimum distance between candidates). ``None``: half the reference
+        object's equivalent diameter.
+    max_instances : int
+        Every-instance mode: at most this many candidates are decoded.
+    instance_iou_limit : float
+        Every-instance mode: a mask overlapping an accepted one by more than this
+        IoU is dropped.
+    stack_mode : {"propagate", "independent"}
+        Stacks: ``propagate`` prompts each slice also with its neighbour's result,
+        outward from the reference slice; ``independent`` uses the concept alone.
+    propagation_margin : float
+        Stacks: the neighbour's box is enlarged by this fraction of its size on
+        each side.
+    propagation_min_score : float
+        Stacks: a result below this predicted IoU (or empty) does not prompt the
+        next slice, so a vanished object stops steering.
     seed : int
         Seed for anything random (PerSAM-F has no randomness; kept for
         determinism of future steps).
@@ -64,6 +90,14 @@ class PerSAMConfig:
     finetune_max_side: int = 128
     cache_size: int = 16
     seed: int = 0
+    decoder_batch_size: int = 16
+    instance_threshold: float | None = None
+    instance_spacing: float | None = None
+    max_instances: int = 100
+    instance_iou_limit: float = 0.5
+    stack_mode: str = "propagate"
+    propagation_margin: float = 0.1
+    propagation_min_score: float = 0.5
 
     def __post_init__(self) -> None:
         if self.encoder_dtype not in ENCODER_DTYPES:
@@ -89,5 +123,17 @@ class PerSAMConfig:
             raise ValueError("finetune_steps must be >= 1 and finetune_lr > 0.")
         if self.finetune_max_side < 16:
             raise ValueError(f"finetune_max_side must be >= 16, got {self.finetune_max_side}.")
+        if self.stack_mode not in STACK_MODES:
+            raise ValueError(f"stack_mode must be one of {STACK_MODES}, got {self.stack_mode!r}.")
+        if self.decoder_batch_size < 1 or self.max_instances < 1:
+            raise ValueError("decoder_batch_size and max_instances must be >= 1.")
+        if not 0.0 < self.instance_iou_limit <= 1.0:
+            raise ValueError(
+                f"instance_iou_limit must be in (0, 1], got {self.instance_iou_limit}."
+            )
+        if self.instance_spacing is not None and self.instance_spacing < 1:
+            raise ValueError(f"instance_spacing must be >= 1 px, got {self.instance_spacing}.")
+        if self.propagation_margin < 0:
+            raise ValueError(f"propagation_margin must be >= 0, got {self.propagation_margin}.")
         if self.cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {self.cache_size}.")

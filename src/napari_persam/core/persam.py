@@ -22,9 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_persam.core.concept import Concept, Segmentation, Shot
+from napari_persam.core.concept import (
+    ClassConcepts,
+    Concept,
+    Instances,
+    LabelSegmentation,
+    Segmentation,
+    Shot,
+)
 from napari_persam.core.config import PerSAMConfig
-from napari_persam.core.decoder import attention_bias, decode_masks
 from napari_persam.core.devices import resolve_device, supports_bfloat16
 from napari_persam.core.embeddings import (
     EmbeddingCache,
@@ -35,29 +41,9 @@ from napari_persam.core.embeddings import (
 )
 from napari_persam.core.finetune import fit_mask_weights
 from napari_persam.core.images import prepare_image, prepare_mask
-from napari_persam.core.postprocess import remove_small_components, tight_box
+from napari_persam.core.postprocess import remove_small_components
 from napari_persam.core.progress import Progress, ProgressGenerator
-
-
-@dataclasses.dataclass(frozen=True)
-class FirstPrompt:
-    """The prompts of the first decoding for one image (PerSAM steps 3 to 6).
-
-    Attributes
-    ----------
-    similarity_grid : (gh, gw) float tensor, on the engine's device
-    similarity : (H, W) float32, in image pixels
-    points : (N, 2) float (y, x) and labels : (N,) int
-    attn_bias : (1, 1, 1, gh * gw) tensor or None
-    target : (C,) tensor or None
-    """
-
-    similarity_grid: torch.Tensor
-    similarity: np.ndarray
-    points: np.ndarray
-    labels: np.ndarray
-    attn_bias: torch.Tensor | None
-    target: torch.Tensor | None
+from napari_persam.core.prompting import Prompter, cosine_similarity_grid
 
 
 class PerSAM:
@@ -111,6 +97,7 @@ class PerSAM:
         self.sam = sam
         self.fingerprint = model_fingerprint(sam)
         self.cache = cache if cache is not None else EmbeddingCache(self.config.cache_size)
+        self.prompter = Prompter(sam, self.device, self.config)
 
     # ------------------------------------------------------------------ encoding
     def embed(self, image: np.ndarray) -> ImageEmbedding:
@@ -158,14 +145,84 @@ class PerSAM:
         else:
             pairs = [(image, mask)]
         shots = [self._shot(ref_image, ref_mask) for ref_image, ref_mask in pairs]
+        return self._concept_from_shots(shots)
+
+    def _concept_from_shots(self, shots: Sequence[Shot]) -> Concept:
         pooled = np.concatenate([shot.features[:, shot.foreground_cells].T for shot in shots])
         target = pooled.mean(axis=0).astype(np.float32)
+        per_shot = np.stack(
+            [shot.features[:, shot.foreground_cells].mean(axis=1) for shot in shots]
+        ).astype(np.float32)
+        inside, outside = self._reference_levels(shots, per_shot)
         return Concept(
             target_embedding=target,
             model_fingerprint=self.fingerprint,
             model_name=self.model_name,
             shots=tuple(shots),
+            shot_embeddings=per_shot,
+            object_similarity=inside,
+            background_similarity=outside,
+            object_area=float(np.mean([shot.mask.sum() for shot in shots])),
         )
+
+    def _reference_levels(
+        self, shots: Sequence[Shot], embeddings: np.ndarray
+    ) -> tuple[float, float]:
+        """Mean similarity of the references' object cells and of their background cells."""
+        directions = torch.from_numpy(embeddings)
+        inside, outside = [], []
+        for shot in shots:
+            grid = cosine_similarity_grid(torch.from_numpy(shot.features)[None], directions)
+            grid = grid.numpy()
+            coverage = shot.geometry.mask_coverage(shot.mask)
+            background = (coverage == 0) & shot.geometry.valid_cells()
+            inside.append(float(grid[shot.foreground_cells].mean()))
+            # A mask covering the whole image leaves no background: assume a margin.
+            outside.append(float(grid[background].mean()) if background.any() else inside[-1] - 0.4)
+        return float(np.mean(inside)), float(np.mean(outside))
+
+    def learn_classes(
+        self,
+        image: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]],
+        labels: np.ndarray | None = None,
+        *,
+        values: Sequence[int] | None = None,
+    ) -> ClassConcepts:
+        """Learn one concept per label value of a reference label image.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, C) array, or a sequence of (image, labels) pairs
+        labels : (H, W) integer array
+            0 is background; every other value is a class.
+        values : sequence of int, optional
+            Learn only these values (default: every nonzero value present).
+
+        Returns
+        -------
+        ClassConcepts
+            Each image is encoded once for all classes.
+        """
+        pairs = list(image) if labels is None else [(image, labels)]  # type: ignore[arg-type]
+        if not pairs:
+            raise ValueError("learn_classes() needs at least one (image, labels) pair.")
+        present = sorted({int(v) for _, lab in pairs for v in np.unique(np.asarray(lab)) if v != 0})
+        wanted = present if values is None else [int(v) for v in values]
+        missing = [v for v in wanted if v not in present]
+        if not wanted or missing:
+            raise ValueError(
+                f"Label value(s) {missing or wanted} are not painted in the reference "
+                f"(painted values: {present or 'none'}); paint them or choose others."
+            )
+        concepts = {}
+        for value in wanted:
+            shots = [
+                self._shot(ref, np.asarray(lab) == value)
+                for ref, lab in pairs
+                if (np.asarray(lab) == value).any()
+            ]
+            concepts[value] = self._concept_from_shots(shots)
+        return ClassConcepts(concepts)
 
     def _shot(self, image: np.ndarray, mask: np.ndarray) -> Shot:
         if np.ndim(image) not in (2, 3):
@@ -206,14 +263,20 @@ class PerSAM:
         for shot in concept.shots:
             features = torch.from_numpy(shot.features)[None].to(self.device)
             embedding = ImageEmbedding(features=features, geometry=shot.geometry)
-            prompt = self._first_prompt(embedding, concept)
-            low_res, _ = self._decode(
-                embedding,
-                prompt,
-                multimask=True,
-                attn_bias=prompt.attn_bias,
-                target=prompt.target,
+            # Same first-step prompts as segment(), so the weights fit what they will mix.
+            guidance = self.prompter.guidance(
+                embedding, dataclasses.replace(concept, mask_weights=None)
             )
+            prompt = self.prompter.prior_prompt(guidance)
+            low_res, _ = self.prompter.decode(
+                embedding,
+                [prompt],
+                boxes=[None],
+                mask_inputs=None,
+                multimask=True,
+                guidance=guidance,
+            )
+            low_res = low_res[0]
             height, width = shot.geometry.original_hw
             scale = min(1.0, cfg.finetune_max_side / max(height, width))
             fit_hw = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -227,26 +290,70 @@ class PerSAM:
         return dataclasses.replace(concept, mask_weights=weights, finetune_losses=losses)
 
     # ---------------------------------------------------------------- segmenting
-    def segment(self, image: np.ndarray, concept: Concept) -> Segmentation:
+    def segment(
+        self, image: np.ndarray, concept: Concept | ClassConcepts
+    ) -> Segmentation | LabelSegmentation:
         """Find the concept's object in ``image``.
 
         Parameters
         ----------
         image : (H, W) or (H, W, C) array
             Any numeric or boolean dtype.
-        concept : Concept
-            From :meth:`learn` or :meth:`finetune` with the same model.
+        concept : Concept or ClassConcepts
+            From :meth:`learn` / :meth:`finetune` (one object), or from
+            :meth:`learn_classes` (one object per class) with the same model.
 
         Returns
         -------
         Segmentation
-            ``mask`` (H, W) bool, ``similarity`` (H, W) float32, ``score``,
-            ``points`` (N, 2) (y, x), ``point_labels`` (N,), ``box`` or None.
+            For a Concept: ``mask`` (H, W) bool, ``similarity`` (H, W) float32,
+            ``score``, ``points`` (N, 2) (y, x), ``point_labels`` (N,), ``box``.
+        LabelSegmentation
+            For ClassConcepts: ``labels`` (H, W) int32 holding the reference's
+            values; where two classes claim a pixel the higher score wins.
         """
+        embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
+        if isinstance(concept, ClassConcepts):
+            for member in concept.concepts.values():
+                self._check_concept(member)
+            results = {
+                value: self._segment_embedding(embedding, member)
+                for value, member in concept.concepts.items()
+            }
+            return _merge_classes(results, embedding.geometry.original_hw)
         self._check_concept(concept)
-        rgb = prepare_image(image, channels=self.config.channels)
-        embedding = self._embed_rgb(rgb)
         return self._segment_embedding(embedding, concept)
+
+    def segment_instances(self, image: np.ndarray, concept: Concept | ClassConcepts) -> Instances:
+        """Find every instance of the concept (or of each class) in ``image``.
+
+        Candidates are local maxima of the similarity map above
+        ``config.instance_threshold`` (default: from the reference), at most one per
+        ``config.instance_spacing`` pixels, strongest first, at most
+        ``config.max_instances``. Each runs the prompt cascade with the negative
+        point, decoded in batches; a candidate already inside an accepted mask is
+        skipped and a mask overlapping an accepted one beyond
+        ``config.instance_iou_limit`` is dropped.
+
+        Returns
+        -------
+        Instances
+            ``labels`` (H, W) int32 (0 background, 1..N), ``scores`` (N,),
+            ``similarity`` (H, W), ``classes`` (N,) (the class value of each object:
+            for several classes, ids run across classes and ``class_map()`` gives the
+            class image), ``points`` (N, 2).
+        """
+        from napari_persam.core.instances import find_instances, merge_class_instances
+
+        embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
+        members = concept.concepts if isinstance(concept, ClassConcepts) else {1: concept}
+        found = {}
+        for value, member in members.items():
+            self._check_concept(member)
+            found[value] = find_instances(self, embedding, member, class_value=value)
+        if not isinstance(concept, ClassConcepts):
+            return found[1]
+        return merge_class_instances(found, iou_limit=self.config.instance_iou_limit)
 
     def segment_many(
         self, images: Iterable[np.ndarray], concept: Concept, *, total: int | None = None
@@ -275,6 +382,36 @@ class PerSAM:
             )
         return results
 
+    def segment_stack(
+        self,
+        stack,
+        concept: Concept | ClassConcepts,
+        *,
+        reference_index: int,
+        slices: Sequence[int] | None = None,
+        instances: bool = False,
+        mode: str | None = None,
+    ) -> ProgressGenerator[dict]:
+        """Segment the slices of a (Z, H, W[, C]) stack; a progress generator.
+
+        ``mode`` "propagate" (default from ``config.stack_mode``) walks outward from
+        ``reference_index`` and prompts each slice with its neighbour's result too;
+        "independent" uses the concept alone. Each slice's result is yielded as
+        ``Progress(index=z, result=...)``; the dict of all results is returned. See
+        :func:`napari_persam.core.stacks.iter_segment_stack`.
+        """
+        from napari_persam.core.stacks import iter_segment_stack
+
+        return iter_segment_stack(
+            self,
+            stack,
+            concept,
+            reference_index=reference_index,
+            slices=slices,
+            instances=instances,
+            mode=mode,
+        )
+
     # ---------------------------------------------------------------- internals
     def _check_concept(self, concept: Concept) -> None:
         if not isinstance(concept, Concept):
@@ -285,128 +422,39 @@ class PerSAM:
                 "engine's; learn it again with this model."
             )
 
-    def _first_prompt(self, embedding: ImageEmbedding, concept: Concept) -> FirstPrompt:
-        cfg = self.config
-        geometry = embedding.geometry
-        features = F.normalize(embedding.features[0].flatten(1), dim=0)  # (C, gh*gw)
-        target = torch.as_tensor(concept.target_embedding, device=self.device)
-        direction = F.normalize(target, dim=0)
-        grid = (direction @ features).reshape(geometry.grid_hw).clamp(-1.0, 1.0)
-        similarity = geometry.grid_to_image(grid).clamp(-1.0, 1.0).cpu().numpy()
-        similarity = similarity.astype(np.float32, copy=False)
-        width = similarity.shape[1]
-        best = int(np.argmax(similarity))
-        points = [(best // width, best % width)]
-        labels = [1]
-        if cfg.negative_prior:
-            worst = int(np.argmin(similarity))
-            points.append((worst // width, worst % width))
-            labels.append(0)
-        bias = None
-        if cfg.target_guided_attention:
-            valid = torch.from_numpy(geometry.valid_cells()).to(self.device)
-            bias = attention_bias(grid, valid)
-        return FirstPrompt(
-            similarity_grid=grid,
-            similarity=similarity,
-            points=np.asarray(points, dtype=np.float64),
-            labels=np.asarray(labels, dtype=np.int64),
-            attn_bias=bias,
-            target=target if cfg.semantic_prompt else None,
+    def _segment_embedding(self, embedding: ImageEmbedding, concept: Concept) -> Segmentation:
+        guidance = self.prompter.guidance(embedding, concept)
+        prompt = self.prompter.prior_prompt(guidance)
+        (outcome,) = self.prompter.cascade(embedding, [prompt], guidance)
+        return self._finish(outcome, prompt, guidance)
+
+    def _finish(self, outcome, prompt, guidance) -> Segmentation:
+        """Post-processing (small components) and the result object."""
+        mask = remove_small_components(
+            outcome.mask, min_area_fraction=self.config.min_area_fraction
+        )
+        found = bool(mask.any())
+        return Segmentation(
+            mask=mask,
+            similarity=guidance.similarity,
+            score=float(outcome.score) if found else 0.0,
+            points=prompt.points.copy(),
+            point_labels=prompt.labels.copy(),
+            box=outcome.box if found else None,
         )
 
-    def _decode(
-        self,
-        embedding: ImageEmbedding,
-        prompt: FirstPrompt,
-        *,
-        multimask: bool,
-        box_yxyx: np.ndarray | None = None,
-        mask_input: torch.Tensor | None = None,
-        attn_bias: torch.Tensor | None = None,
-        target: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder call: (M, 4gh, 4gw) low-resolution logits and (M,) IoU predictions."""
-        geometry = embedding.geometry
-        coords = torch.as_tensor(geometry.points_to_sam(prompt.points)[None], device=self.device)
-        labels = torch.as_tensor(prompt.labels[None], device=self.device)
-        boxes = None
-        if box_yxyx is not None:
-            boxes = torch.as_tensor(geometry.box_to_sam(box_yxyx)[None], device=self.device)
-        if mask_input is not None:
-            mask_input = mask_input.reshape(1, 1, *mask_input.shape[-2:])
-        with torch.no_grad():
-            sparse, dense = self.sam.prompt_encoder(
-                points=(coords, labels), boxes=boxes, masks=mask_input
-            )
-            low_res, iou = decode_masks(
-                self.sam.mask_decoder,
-                image_embeddings=embedding.features,
-                image_pe=self.sam.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-                attn_bias=attn_bias,
-                target_embedding=target,
-            )
-        return low_res[0], iou[0]
 
-    def _to_mask(self, embedding: ImageEmbedding, logits: torch.Tensor) -> np.ndarray:
-        upscaled = embedding.geometry.grid_to_image(logits)
-        return (upscaled > self.sam.mask_threshold).cpu().numpy()
-
-    def _segment_embedding(self, embedding: ImageEmbedding, concept: Concept) -> Segmentation:
-        cfg = self.config
-        prompt = self._first_prompt(embedding, concept)
-
-        def result(mask: np.ndarray | None, score: float, box: np.ndarray | None) -> Segmentation:
-            if mask is None or not mask.any():
-                mask = np.zeros(embedding.geometry.original_hw, dtype=bool)
-                score, box = 0.0, None
-            return Segmentation(
-                mask=mask,
-                similarity=prompt.similarity,
-                score=float(score),
-                points=prompt.points.copy(),
-                point_labels=prompt.labels.copy(),
-                box=box,
-            )
-
-        # First prediction, guided by the target (PerSAM-F mixes the three masks).
-        if concept.mask_weights is not None:
-            low_res, iou = self._decode(
-                embedding,
-                prompt,
-                multimask=True,
-                attn_bias=prompt.attn_bias,
-                target=prompt.target,
-            )
-            weights = torch.as_tensor(concept.mask_weights, device=low_res.device)
-            logits = (low_res * weights[:, None, None]).sum(0)
-            score = float((iou * weights).sum())
-        else:
-            low_res, iou = self._decode(
-                embedding,
-                prompt,
-                multimask=False,
-                attn_bias=prompt.attn_bias,
-                target=prompt.target,
-            )
-            logits, score = low_res[0], float(iou[0])
-        mask = self._to_mask(embedding, logits)
-
-        # Cascaded post-refinement: the logits fed back, then also the mask's box.
-        box = None
-        for step in range(1, cfg.refinement_steps + 1):
-            if not mask.any():
-                return result(None, 0.0, None)
-            box = tight_box(mask) if step >= 2 else None
-            low_res, iou = self._decode(
-                embedding, prompt, multimask=True, box_yxyx=box, mask_input=logits
-            )
-            best = int(torch.argmax(iou))
-            logits, score = low_res[best], float(iou[best])
-            mask = self._to_mask(embedding, logits)
-
-        mask = remove_small_components(mask, min_area_fraction=cfg.min_area_fraction)
-        return result(mask, score, box)
+def _merge_classes(results: dict[int, Segmentation], shape: tuple[int, int]) -> LabelSegmentation:
+    """One label image from per-class masks; the higher score wins contested pixels."""
+    labels = np.zeros(shape, dtype=np.int32)
+    best = np.full(shape, -np.inf)
+    for value, result in results.items():
+        wins = result.mask & (result.score > best)
+        labels[wins] = value
+        best[wins] = result.score
+    return LabelSegmentation(
+        labels=labels,
+        scores={value: result.score for value, result in results.items()},
+        similarity=np.stack([result.similarity for result in results.values()]),
+        values=list(results),
+    )
