@@ -65,7 +65,7 @@ class LoopbackServer:
                 if server.mode == "cut":
                     self.close_connection = True
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 pass  # keep test output clean
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -91,6 +91,12 @@ class LoopbackServer:
         """How many requests asked for ``name``."""
         return self.requests.count("/" + name)
 
+    def __enter__(self) -> LoopbackServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         """Shut down; the port then refuses connections."""
         if self.running:
@@ -107,22 +113,11 @@ def _corrupt(body: bytes) -> bytes:
     return bytes(flipped)
 
 
-@pytest.fixture
-def http_server():
-    """A running :class:`LoopbackServer`, stopped after the test."""
-    server = LoopbackServer()
-    try:
-        yield server
-    finally:
-        server.stop()
+def block_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any attempt to look up or connect to anything but loopback fail.
 
-
-@pytest.fixture
-def no_internet(monkeypatch):
-    """Fail any attempt to connect anywhere but the loopback interface.
-
-    A guard, so a test whose URL override silently failed cannot reach the
-    publishers' servers.
+    A guard for a test's duration (undone by ``monkeypatch``), so a test whose URL
+    override silently failed cannot reach the publishers' servers.
     """
     real_connect = socket.socket.connect
     real_getaddrinfo = socket.getaddrinfo

@@ -57,7 +57,9 @@ def test_official_layout_has_exactly_our_keys_and_shapes(real_mobile_sam):
         for key, shape in official.items()
         if official_to_timm_key(key) is not None
     }
-    ours = {key: tuple(value.shape) for key, value in real_mobile_sam.image_encoder.state_dict().items()}
+    ours = {
+        key: tuple(value.shape) for key, value in real_mobile_sam.image_encoder.state_dict().items()
+    }
     assert mapped == ours
 
 
@@ -68,7 +70,8 @@ def test_small_official_checkpoint_loads_strictly_into_the_right_modules():
     encoder.load_state_dict(converted, strict=True)
     # Spot checks: the downsampling at the end of official stage 0 is timm's stage 1's start.
     torch.testing.assert_close(
-        encoder.stages[1].downsample.conv1.conv.weight, official["layers.0.downsample.conv1.c.weight"]
+        encoder.stages[1].downsample.conv1.conv.weight,
+        official["layers.0.downsample.conv1.c.weight"],
     )
     torch.testing.assert_close(
         encoder.stages[2].blocks[1].attn.attention_biases,

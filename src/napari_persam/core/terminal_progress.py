@@ -58,7 +58,7 @@ class TerminalProgress:
 
     def render(self, step: Progress) -> str:
         """One line: message, bar, percentage and, for big totals, megabytes."""
-        filled = int(round(step.fraction * self.width))
+        filled = round(step.fraction * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
         text = f"{step.message} [{bar}] {step.fraction:4.0%}"
         if step.total >= 1_000_000:  # byte counts (downloads, hashing)

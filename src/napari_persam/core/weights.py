@@ -236,9 +236,7 @@ def iter_verify(
         return
     digest = yield from iter_sha256(path, message=f"verifying {spec.filename}")
     if digest != spec.sha256:
-        raise ChecksumError(
-            f"{path} has SHA-256 {digest}, but {spec.filename} has {spec.sha256}"
-        )
+        raise ChecksumError(f"{path} has SHA-256 {digest}, but {spec.filename} has {spec.sha256}")
     write_record(path, digest)
 
 
@@ -461,9 +459,7 @@ def _as_download_error(
     if isinstance(error, requests.HTTPError) and error.response is not None:
         reason = f"the server answered HTTP {error.response.status_code} {error.response.reason}"
         retry = error.response.status_code >= 500
-    elif transfer.received == 0 and isinstance(
-        error, (requests.ConnectionError, requests.Timeout)
-    ):
+    elif transfer.received == 0 and isinstance(error, (requests.ConnectionError, requests.Timeout)):
         reason = f"no connection ({_short(error)}); this computer may be offline"
         retry = False
     else:
