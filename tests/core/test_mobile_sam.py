@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from functools import partial
+
 import pytest
 import torch
 
@@ -11,8 +14,11 @@ from napari_persam.core.mobile_sam import (
     official_to_timm_key,
     official_to_timm_state_dict,
 )
-from napari_persam.core.models import build_model
+from napari_persam.core.models import MODEL_REGISTRY, build_model, iter_load_model
+from napari_persam.core.progress import run
 from napari_persam.core.state_dicts import encoder_signature
+from tests._checkpoints import checkpoint_bytes, sha256
+from tests._http_server import LoopbackServer, block_internet
 from tests._mobile_sam_reference import official_encoder_shapes, official_encoder_state
 
 # A narrow MobileSAM with the real stage structure, so tests stay fast.
@@ -121,3 +127,30 @@ def test_official_vit_t_checkpoint_file_loads_and_encodes(tmp_path, real_mobile_
         features = sam.image_encoder(torch.zeros(1, 3, 1024, 1024))
     assert tuple(features.shape) == (1, 256, 64, 64)
     assert torch.isfinite(features).all()
+
+
+def test_vit_t_is_downloaded_verified_and_converted_end_to_end(tmp_path, monkeypatch):
+    """iter_load_model("vit_t") with a small MobileSAM in the official layout, served locally."""
+    block_internet(monkeypatch)
+    small = build_mobile_sam(**SMALL)
+    official = {"image_encoder." + k: v for k, v in official_encoder_state(seed=5, **SMALL).items()}
+    official.update(
+        {k: v for k, v in small.state_dict().items() if not k.startswith("image_encoder.")}
+    )
+    body = checkpoint_bytes(official)
+    with LoopbackServer() as server:
+        spec = dataclasses.replace(
+            MODEL_REGISTRY["vit_t"],
+            builder=partial(build_mobile_sam, **SMALL),
+            url=server.add("mobile_sam.pt", body),
+            size=len(body),
+            sha256=sha256(body),
+            signature="TinyViT, widths 16-32-40-48",
+        )
+        monkeypatch.setitem(MODEL_REGISTRY, "vit_t", spec)
+        sam = run(iter_load_model("vit_t", device="cpu", cache_dir=tmp_path))
+    assert (tmp_path / "mobile_sam.pt").read_bytes() == body
+    torch.testing.assert_close(
+        sam.image_encoder.patch_embed.conv1.conv.weight,
+        official["image_encoder.patch_embed.seq.0.c.weight"],
+    )
