@@ -122,10 +122,12 @@ def test_second_call_uses_the_cache_without_network_or_rehashing(served, tmp_pat
 def test_corrupted_download_is_retried_once_then_a_clear_error(served, tmp_path):
     server, spec, _ = served
     server.mode = "corrupt"
+    steps = []
     with pytest.raises(ChecksumError) as info:
-        ensure_checkpoint(spec, cache_dir=tmp_path)
+        run(iter_ensure_checkpoint(spec, cache_dir=tmp_path), on_progress=steps.append)
     message = str(info.value)
     assert server.count(FILENAME) == 2
+    assert steps[-1].message == f"downloading {FILENAME} (try 2)"
     assert "failed verification 2 times" in message
     assert spec.url in message and FILENAME in message and str(tmp_path) in message
     assert list(tmp_path.iterdir()) == []

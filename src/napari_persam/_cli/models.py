@@ -128,6 +128,11 @@ def _download(args: argparse.Namespace) -> int:
             print(f"{spec.name}: FAILED\n  {error}", file=sys.stderr)
             failed.append(spec.name)
             continue
+        except KeyboardInterrupt:
+            bar.close()
+            # The download generator was closed on the way out: no partial file is left.
+            print(f"{spec.name}: cancelled; nothing was kept.", file=sys.stderr)
+            return EXIT_SOME_FAILED
         bar.close()
         print(f"{spec.name}: OK {path}")
     return _summary(failed, len(specs), verb="download")

@@ -265,11 +265,11 @@ def build_model(
         sam = spec.builder()
     else:
         path = os.fspath(checkpoint)
-        state = prepare_state_dict(read_state_dict(path), spec, source=path)
+        state = prepare_state_dict(read_state_dict(path), spec, source=f"Checkpoint {path}")
         # Random initial weights would be overwritten at once (strictly, every key).
         with skip_random_init():
             sam = spec.builder()
-        _load_strict(sam, state, spec.name, path)
+        _load_strict(sam, state, spec.name, f"Checkpoint {path}")
     # Moved and switched to eval once, here; callers get a model ready to run.
     return sam.to(target).eval()
 
@@ -287,12 +287,12 @@ def load_checkpoint(sam: Sam, checkpoint: str | os.PathLike, *, model_name: str 
     path = os.fspath(checkpoint)
     state = read_state_dict(path)
     if model_name in MODEL_REGISTRY:
-        state = prepare_state_dict(state, MODEL_REGISTRY[model_name], source=path)
+        state = prepare_state_dict(state, MODEL_REGISTRY[model_name], source=f"Checkpoint {path}")
     else:
         from napari_persam.core.mobile_sam import official_to_timm_state_dict
 
         state = official_to_timm_state_dict(state)
-    _load_strict(sam, state, model_name or type(sam).__name__, path)
+    _load_strict(sam, state, model_name or type(sam).__name__, f"Checkpoint {path}")
     return sam
 
 

@@ -267,7 +267,8 @@ def iter_ensure_checkpoint(
             remove_checkpoint(path)
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
         try:
-            return (yield from iter_download(spec, cache_dir=cache_dir, url=url))
+            label = f"downloading {spec.filename}" + (f" (try {attempt})" if attempt > 1 else "")
+            return (yield from iter_download(spec, cache_dir=cache_dir, url=url, message=label))
         except ChecksumError as error:
             if attempt == DOWNLOAD_ATTEMPTS:
                 raise ChecksumError(
@@ -310,11 +311,13 @@ def iter_download(
     *,
     cache_dir: str | os.PathLike | None = None,
     url: str | None = None,
+    message: str = "",
 ) -> Generator[Progress, None, Path]:
     """Download ``spec``'s checkpoint once into the cache folder, verified.
 
-    Yields :class:`Progress` (bytes received of ``spec.size``). Closing the
-    generator cancels the download; no partial file is left either way.
+    Yields :class:`Progress` (bytes received of ``spec.size``, with ``message``,
+    default ``"downloading <file name>"``). Closing the generator cancels the
+    download; no partial file is left either way.
 
     Raises
     ------
@@ -331,7 +334,7 @@ def iter_download(
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=spec.filename + ".", suffix=".part")
     os.close(fd)
     transfer = _Transfer(source, Path(tmp_name))
-    label = f"downloading {spec.filename}"
+    label = message or f"downloading {spec.filename}"
     finished = False
     try:
         yield Progress(0, spec.size, label)
