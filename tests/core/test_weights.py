@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -250,3 +251,16 @@ def test_checkpoint_sha256_matches_hashlib_and_reuses_records(tmp_path, monkeypa
     path.write_bytes(b"other weights")  # the record no longer describes the file
     assert read_record(path) is None
     assert checkpoint_sha256(path) == sha256(b"other weights")
+
+
+def test_stale_part_files_from_killed_downloads_are_removed(served, tmp_path):
+    _, spec, _ = served
+    stale = tmp_path / f"{FILENAME}.abc123.part"
+    fresh = tmp_path / f"{FILENAME}.def456.part"  # another process downloading now
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    day_ago = time.time() - weights.STALE_PART_AGE_S - 60
+    os.utime(stale, (day_ago, day_ago))
+    ensure_checkpoint(spec, cache_dir=tmp_path)
+    assert not stale.exists()
+    assert fresh.exists()

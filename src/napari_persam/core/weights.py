@@ -16,12 +16,15 @@ nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +45,7 @@ RECORD_SUFFIX = ".verified.json"
 DOWNLOAD_ATTEMPTS = 2  # the first download and one more after a bad or broken one
 CONNECT_TIMEOUT_S = 15.0
 READ_TIMEOUT_S = 60.0
+STALE_PART_AGE_S = 24 * 3600
 _CHUNK = 1 << 20
 _HASH_CHUNK = 8 << 20
 # mkstemp makes owner-only files; a shared cache needs readable checkpoints.
@@ -331,6 +335,7 @@ def iter_download(
     source = download_url(spec, url=url)
     _prepare_folder(spec, folder, cache_dir=cache_dir, url=url)
     target = folder / spec.filename
+    _remove_stale_parts(folder, spec.filename)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=spec.filename + ".", suffix=".part")
     os.close(fd)
     transfer = _Transfer(source, Path(tmp_name))
@@ -391,6 +396,19 @@ def _prepare_folder(
             f"{folder} has {free / 1e6:,.0f} MB free. Free some space or set {CACHE_ENV} to "
             "a folder on another disk."
         )
+
+
+def _remove_stale_parts(folder: Path, filename: str) -> None:
+    """Delete ``.part`` files a killed process left behind (untouched for a day).
+
+    A download in progress in another process writes its file all the time, so
+    its modification time stays recent and it is left alone.
+    """
+    cutoff = time.time() - STALE_PART_AGE_S
+    for part in folder.glob(f"{glob.escape(filename)}.*.part"):
+        with contextlib.suppress(OSError):
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
 
 
 class _Cancelled(Exception):
