@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_persam.core import weights
+from napari_persam.core import downloads, weights
 from napari_persam.core.progress import run
 from napari_persam.core.weights import (
     CACHE_ENV,
@@ -188,7 +188,7 @@ def test_closing_the_generator_cancels_and_leaves_no_partial_file(served, tmp_pa
 def test_not_enough_disk_space_is_reported_before_downloading(served, tmp_path, monkeypatch):
     server, spec, _ = served
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(weights.shutil, "disk_usage", lambda _: usage(10, 10, 0))
+    monkeypatch.setattr(downloads.shutil, "disk_usage", lambda _: usage(10, 10, 0))
     with pytest.raises(DownloadError, match="Not enough space"):
         ensure_checkpoint(spec, cache_dir=tmp_path)
     assert server.count(FILENAME) == 0
@@ -259,7 +259,7 @@ def test_stale_part_files_from_killed_downloads_are_removed(served, tmp_path):
     fresh = tmp_path / f"{FILENAME}.def456.part"  # another process downloading now
     stale.write_bytes(b"x")
     fresh.write_bytes(b"y")
-    day_ago = time.time() - weights.STALE_PART_AGE_S - 60
+    day_ago = time.time() - downloads.STALE_PART_AGE_S - 60
     os.utime(stale, (day_ago, day_ago))
     ensure_checkpoint(spec, cache_dir=tmp_path)
     assert not stale.exists()
