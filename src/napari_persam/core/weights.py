@@ -1,0 +1,303 @@
+"""Finding, downloading and verifying checkpoint files.
+
+Checkpoints live in one cache folder (:func:`cache_folder`) under the publisher's
+file name, so a file put there by hand is found. A file is used only after its
+SHA-256 matched the registry's; the result is remembered in a small record beside
+it (``<file>.verified.json`` with size, modification time and hash) so a 2.5 GB
+file is not hashed again on every start, while a file that changed is.
+
+Downloads themselves are in :mod:`napari_persam.core.downloads`; a download is
+renamed into place only when size and hash match, so an interrupted or corrupted
+download never looks like a checkpoint. Every function that takes time is a generator yielding
+:class:`~napari_persam.core.progress.Progress` (bytes) and returning its result;
+nothing here prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from napari_persam.core.progress import Progress, run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_persam.core.models import ModelSpec
+
+CACHE_ENV = "NAPARI_PERSAM_CACHE"
+"""Environment variable naming the cache folder (overrides the platform default)."""
+
+MIRROR_ENV = "NAPARI_PERSAM_MIRROR"
+"""Environment variable with a base URL to download from instead of the publishers
+(an institutional mirror); the registry's file name is appended to it."""
+
+RECORD_SUFFIX = ".verified.json"
+DOWNLOAD_ATTEMPTS = 2  # the first download and one more after a bad or broken one
+_HASH_CHUNK = 8 << 20
+# mkstemp makes owner-only files; a shared cache needs readable checkpoints.
+FILE_MODE = 0o644
+
+# Hashes computed in this process, by (real path, size, mtime_ns).
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+_HASH_MEMO_LOCK = threading.Lock()
+
+
+class WeightsError(RuntimeError):
+    """A checkpoint could not be found, downloaded or verified; the message says what to do."""
+
+
+class DownloadError(WeightsError):
+    """The download failed (no connection, HTTP error, broken transfer, no space)."""
+
+    def __init__(self, message: str, *, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class ChecksumError(WeightsError):
+    """A file's size or SHA-256 differs from the registry's."""
+
+
+# ---------------------------------------------------------------------- where files go
+def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder checkpoints are downloaded into and looked for.
+
+    Parameters
+    ----------
+    cache_dir : path, optional
+        Used as is when given. Otherwise ``$NAPARI_PERSAM_CACHE`` if set, else the
+        platform's user cache (``~/.cache/napari-persam`` on Linux,
+        ``~/Library/Caches/napari-persam`` on macOS,
+        ``%LOCALAPPDATA%\\napari-persam\\napari-persam\\Cache`` on Windows).
+    """
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    from_env = os.environ.get(CACHE_ENV, "").strip()
+    if from_env:
+        return Path(from_env).expanduser()
+    import pooch
+
+    return Path(pooch.os_cache("napari-persam"))
+
+
+def checkpoint_path(spec: ModelSpec, *, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``spec``'s checkpoint is (or will be) in the cache folder."""
+    if not spec.filename:
+        raise WeightsError(f"Model {spec.name!r} has no published checkpoint.")
+    return cache_folder(cache_dir) / spec.filename
+
+
+def download_url(spec: ModelSpec, *, url: str | None = None) -> str:
+    """The address to download ``spec`` from: ``url``, else the mirror, else the publisher."""
+    if url:
+        return url
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    if mirror:
+        return mirror.rstrip("/") + "/" + spec.filename
+    return spec.url
+
+
+# ------------------------------------------------------------------------- hashing
+def iter_sha256(path: str | os.PathLike, *, message: str = "") -> Generator[Progress, None, str]:
+    """SHA-256 of a file as lowercase hex, yielding bytes read so far."""
+    path = Path(path)
+    total = path.stat().st_size
+    label = message or f"verifying {path.name}"
+    digest = hashlib.sha256()
+    done = 0
+    yield Progress(0, total, label)
+    with path.open("rb") as file:
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            yield Progress(done, total, label)
+    return digest.hexdigest()
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a checkpoint file (lowercase hex), computed once per file version.
+
+    Reuses the verification record beside the file, or a hash computed earlier in
+    this process, while the file's size and modification time are unchanged; so
+    recording which checkpoint made a result is cheap even for 2.5 GB files.
+    """
+    path = Path(path)
+    recorded = read_record(path)
+    if recorded is not None:
+        return recorded
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _HASH_MEMO_LOCK:
+        known = _HASH_MEMO.get(key)
+    if known is not None:
+        return known
+    digest = run(iter_sha256(path))
+    with _HASH_MEMO_LOCK:
+        _HASH_MEMO[key] = digest
+    return digest
+
+
+def record_path(path: str | os.PathLike) -> Path:
+    """The verification record of checkpoint ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + RECORD_SUFFIX)
+
+
+def read_record(path: str | os.PathLike) -> str | None:
+    """The hash in ``path``'s record if the record describes the file as it is now."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+        record = json.loads(record_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (
+        isinstance(record, dict)
+        and record.get("size") == stat.st_size
+        and record.get("mtime_ns") == stat.st_mtime_ns
+        and isinstance(record.get("sha256"), str)
+    ):
+        return record["sha256"]
+    return None
+
+
+def write_record(path: str | os.PathLike, sha256: str) -> None:
+    """Remember that ``path`` (as it is now) has hash ``sha256``; silent if not writable."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+        record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(record, file)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, record_path(path))
+    except OSError:
+        # A read-only cache still works; the file is just hashed again next time.
+        pass
+
+
+def remove_checkpoint(path: str | os.PathLike) -> None:
+    """Delete a checkpoint and its record (missing files are fine)."""
+    Path(path).unlink(missing_ok=True)
+    record_path(path).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------- verification
+VERIFIED = "verified"
+NOT_VERIFIED = "not verified"
+WRONG_SIZE = "wrong size"
+MISSING = "missing"
+
+
+def cache_status(spec: ModelSpec, *, cache_dir: str | os.PathLike | None = None) -> str:
+    """What the cache holds for ``spec``, without hashing: one of
+    ``"verified"``, ``"not verified"`` (present, hash not checked yet),
+    ``"wrong size"`` or ``"missing"``."""
+    path = checkpoint_path(spec, cache_dir=cache_dir)
+    if not path.is_file():
+        return MISSING
+    if path.stat().st_size != spec.size:
+        return WRONG_SIZE
+    return VERIFIED if read_record(path) == spec.sha256 else NOT_VERIFIED
+
+
+def iter_verify(
+    spec: ModelSpec, path: str | os.PathLike, *, recheck: bool = False
+) -> Generator[Progress, None, None]:
+    """Check ``path`` against ``spec``'s size and SHA-256, yielding bytes hashed.
+
+    A file whose record says it was verified as it is now is not hashed again
+    unless ``recheck``. On success a record is written beside the file.
+
+    Raises
+    ------
+    ChecksumError
+        If size or hash differ (the message gives both values).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size != spec.size:
+        raise ChecksumError(
+            f"{path} has {size:,} bytes but {spec.filename} has {spec.size:,} "
+            f"({'incomplete' if size < spec.size else 'not the published file'})"
+        )
+    if not recheck and read_record(path) == spec.sha256:
+        return
+    digest = yield from iter_sha256(path, message=f"verifying {spec.filename}")
+    if digest != spec.sha256:
+        raise ChecksumError(f"{path} has SHA-256 {digest}, but {spec.filename} has {spec.sha256}")
+    write_record(path, digest)
+
+
+# ------------------------------------------------------------------------ downloads
+def iter_ensure_checkpoint(
+    spec: ModelSpec,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    url: str | None = None,
+) -> Generator[Progress, None, Path]:
+    """The verified checkpoint of ``spec``: from the cache, or downloaded into it.
+
+    A cached file that fails verification (partial, corrupted) is deleted and
+    downloaded again. A download that is broken or fails verification is tried
+    once more; then a :class:`WeightsError` explains how to install the file by
+    hand. No connection at all fails at once with the same explanation.
+
+    Yields :class:`Progress` in bytes (hashing, downloading); returns the path.
+    """
+    from napari_persam.core.downloads import iter_download
+
+    path = checkpoint_path(spec, cache_dir=cache_dir)
+    problem = ""
+    if path.is_file():
+        try:
+            yield from iter_verify(spec, path)
+            return path
+        except ChecksumError as error:
+            problem = f"The cached file {path} failed verification ({error}) and was deleted. "
+            remove_checkpoint(path)
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            label = f"downloading {spec.filename}" + (f" (try {attempt})" if attempt > 1 else "")
+            return (yield from iter_download(spec, cache_dir=cache_dir, url=url, message=label))
+        except ChecksumError as error:
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise ChecksumError(
+                    problem
+                    + f"The {spec.name} weights downloaded from {download_url(spec, url=url)} "
+                    f"failed verification {attempt} times ({error}); the bad file was deleted. "
+                    + manual_install_hint(spec, cache_dir=cache_dir, url=url)
+                ) from error
+        except DownloadError as error:
+            if not error.retry or attempt == DOWNLOAD_ATTEMPTS:
+                raise DownloadError(problem + str(error)) from error
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def ensure_checkpoint(
+    spec: ModelSpec,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    url: str | None = None,
+) -> Path:
+    """:func:`iter_ensure_checkpoint` without progress."""
+    return run(iter_ensure_checkpoint(spec, cache_dir=cache_dir, url=url))
+
+
+def manual_install_hint(
+    spec: ModelSpec, *, cache_dir: str | os.PathLike | None = None, url: str | None = None
+) -> str:
+    """How to install ``spec``'s checkpoint without this program downloading it."""
+    folder = cache_folder(cache_dir)
+    return (
+        f"To install it by hand, download {download_url(spec, url=url)} "
+        f"({spec.size / 1e6:,.0f} MB) on a computer with internet access and put it in "
+        f"{folder} named {spec.filename}; it is found there and checked against SHA-256 "
+        f"{spec.sha256}. Or set {CACHE_ENV} to a folder that holds the file."
+    )
