@@ -196,7 +196,11 @@ class RegionGrowingDecoder(torch.nn.Module):
         return best
 
     def forward(
-        self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+        self,
+        image_embeddings,
+        image_pe,
+        sparse_prompt_embeddings,
+        dense_prompt_embeddings,
         multimask_output,
     ):
         from scipy import ndimage

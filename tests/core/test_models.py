@@ -28,6 +28,14 @@ from tests._http_server import LoopbackServer, block_internet
 from tests._mobile_sam_reference import official_encoder_state
 
 
+@pytest.fixture(scope="module")
+def registry_tiny_sam():
+    """The registry's "tiny" model as build_model makes it (1024 input), for key layouts."""
+    from napari_persam.core.models import build_tiny_sam
+
+    return build_tiny_sam()
+
+
 @pytest.fixture(autouse=True)
 def _no_internet(monkeypatch):
     block_internet(monkeypatch)
@@ -110,9 +118,9 @@ def test_explicit_checkpoint_is_used_as_is_without_download(served_vit_b, tmp_pa
     assert server.requests == []
 
 
-def test_training_checkpoint_with_a_model_entry_loads(tmp_path, tiny_sam):
-    path = _save(tmp_path, "train.pth", {"model": tiny_sam.state_dict()})
-    assert weights_equal(build_model(TINY_MODEL, checkpoint=path), tiny_sam)
+def test_training_checkpoint_with_a_model_entry_loads(tmp_path, registry_tiny_sam):
+    path = _save(tmp_path, "train.pth", {"model": registry_tiny_sam.state_dict()})
+    assert weights_equal(build_model(TINY_MODEL, checkpoint=path), registry_tiny_sam)
 
 
 # ------------------------------------------------------------------- wrong checkpoints
@@ -157,16 +165,16 @@ def test_file_that_is_not_a_sam_checkpoint(tmp_path):
         build_model(TINY_MODEL, checkpoint=path)
 
 
-def test_missing_keys_are_listed(tmp_path, tiny_sam):
-    state = dict(tiny_sam.state_dict())
+def test_missing_keys_are_listed(tmp_path, registry_tiny_sam):
+    state = dict(registry_tiny_sam.state_dict())
     del state["mask_decoder.iou_token.weight"]
     path = _save(tmp_path, "edited.pth", state)
     with pytest.raises(CheckpointError, match=r"1 missing \(e\.g\. mask_decoder\.iou_token"):
         build_model(TINY_MODEL, checkpoint=path)
 
 
-def test_truncated_checkpoint_file(tmp_path, tiny_sam):
-    body = checkpoint_bytes(tiny_sam.state_dict())
+def test_truncated_checkpoint_file(tmp_path, registry_tiny_sam):
+    body = checkpoint_bytes(registry_tiny_sam.state_dict())
     path = tmp_path / "cut.pth"
     path.write_bytes(body[: len(body) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
@@ -183,15 +191,17 @@ class _LeavesAMark:
         return (open, (str(self.marker), "w"))
 
 
-def test_checkpoint_carrying_a_pickled_object_is_refused_without_running_it(tmp_path, tiny_sam):
+def test_checkpoint_carrying_a_pickled_object_is_refused_without_running_it(
+    tmp_path, registry_tiny_sam
+):
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pth"
-    torch.save({"model": tiny_sam.state_dict(), "extra": _LeavesAMark(marker)}, path)
+    torch.save({"model": registry_tiny_sam.state_dict(), "extra": _LeavesAMark(marker)}, path)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="pickled Python objects"):
         build_model(TINY_MODEL, checkpoint=path)
     with pytest.raises(CheckpointError, match="weights_only=True"):
-        load_checkpoint(tiny_sam, path, model_name=TINY_MODEL)
+        load_checkpoint(registry_tiny_sam, path, model_name=TINY_MODEL)
     assert not marker.exists()
 
 
