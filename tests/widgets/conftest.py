@@ -1,0 +1,66 @@
+"""Fixtures for widget tests: a viewer with the PerSAM dock widget opened via the manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+@pytest.fixture
+def open_widget(viewer):
+    """Open PerSAM through the manifest (as the Plugins menu does), set to the tiny SAM.
+
+    Call it after adding layers or before; the widget's pickers follow the layer list.
+    """
+
+    def _open():
+        _, widget = viewer.window.add_plugin_dock_widget("napari-persam", "PerSAM")
+        widget.model.value = "tiny"
+        widget.device.value = "cpu"
+        # Tests check plumbing, not quality: keep every piece the random model finds.
+        widget.min_object_size.value = 0.0
+        return widget
+
+    return _open
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    """Messages shown through napari's notification manager during the test."""
+    from napari.utils.notifications import notification_manager
+
+    shown: list[str] = []
+
+    def record(notification):
+        shown.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(record)
+    yield shown
+    notification_manager.notification_ready.disconnect(record)
+
+
+def run_and_wait(qtbot, widget, *, timeout: int = 60_000):
+    """Press Run and wait for the worker to finish; returns the worker."""
+    widget.run_button.native.click()
+    worker = widget.worker
+    assert worker is not None, f"Run did not start: {widget.status.value}"
+    # The widget starts its worker from the event loop, so connecting here is in time.
+    with qtbot.waitSignal(worker.finished, timeout=timeout):
+        pass
+    return worker
+
+
+def squares(shape: tuple[int, ...], *, seed: int = 0) -> np.ndarray:
+    """A float32 image of bright squares on noise, (Y, X) or (Z, Y, X)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(0.1, 0.02, size=shape).astype(np.float32)
+    height, width = shape[-2:]
+    for top in range(4, height - 12, 16):
+        for left in range(4, width - 12, 16):
+            image[..., top : top + 8, left : left + 8] += 0.8
+    return image
