@@ -52,6 +52,7 @@ def run_and_wait(qtbot, widget, *, timeout: int = 60_000):
     # The widget starts its worker from the event loop, so connecting here is in time.
     with qtbot.waitSignal(worker.finished, timeout=timeout):
         pass
+    qtbot.waitUntil(lambda: not widget.running, timeout=5_000)
     return worker
 
 

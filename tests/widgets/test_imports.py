@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ def test_plugin_modules_do_not_import_torch():
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
-        capture_output=True, text=True, check=True, env={"PYTHONPATH": str(SRC)},
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(SRC)},
     )  # fmt: skip
     assert result.stdout.strip() == ""
 

@@ -89,7 +89,7 @@ class PerSAMWidget(Container):
         self.image = create_widget(annotation=Image, label="image", name="image")
         self.reference = create_widget(annotation=Labels, label="reference", name="reference")
         self.label_value = SpinBox(
-            label="label value",
+            label="label value (0: most painted)",
             name="label_value",
             min=0,
             max=_MAX_LABEL,
@@ -150,7 +150,8 @@ class PerSAMWidget(Container):
         )
         self.run_button = PushButton(text="Run", name="run_button")
         self.cancel_button = PushButton(text="Cancel", name="cancel_button", enabled=False)
-        self.status = Label(value="", name="status")
+        self.status = Label(value="", name="status", label="")
+        self.status.native.setWordWrap(True)
 
         self.extend([
             self.image, self.reference, self.label_value, self.find_reference_slice,
@@ -292,7 +293,7 @@ class PerSAMWidget(Container):
     def _current_slice(self, image: Image | None) -> int:
         if image is None or len(spatial_shape(image)) != 3:
             return 0
-        return int(round(float(image.world_to_data(self._viewer.dims.point)[0])))
+        return round(float(image.world_to_data(self._viewer.dims.point)[0]))
 
     def _show_progress(self, step: Progress) -> None:
         # Adding a layer can process pending events, "finished" among them, so this
@@ -301,7 +302,8 @@ class PerSAMWidget(Container):
         if self._progress is not None:
             self._progress.set_description(f"PerSAM: {step.message}")
         if step.result is None or step.index is None or job is None:
-            self.status.value = step.message.capitalize() + "..."
+            if self.running:
+                self.status.value = step.message.capitalize() + "..."
             return
         target = job.targets[step.index]
         outputs = self._outputs.get(target.output)
@@ -321,8 +323,9 @@ class PerSAMWidget(Container):
         message = str(error) or type(error).__name__
         if isinstance(error, MemoryError) or "out of memory" in message.lower():
             message += " (out of memory: try a smaller model, the CPU, or fewer slices)"
-        show_error(f"PerSAM failed: {message}")
         self._failure = message
+        self.status.value = self._summary()
+        show_error(f"PerSAM failed: {message}")
 
     def _finish(self) -> None:
         if self._progress is not None:

@@ -143,7 +143,25 @@ class LoadedModels:
         return self._loaded[key]
 
 
+class RunError(Exception):
+    """A failure inside :func:`run_job`, carrying the original error as its cause."""
+
+
 def run_job(job: Job, *, models: LoadedModels) -> Generator[Progress, None, int]:
+    """Load the model, learn the reference, segment every target.
+
+    Same as :func:`run_job_steps`, except that a ``RuntimeError`` (torch's errors,
+    CUDA out of memory among them) is re-raised as :class:`RunError`: napari's
+    generator worker takes a ``RuntimeError`` for "worker deleted" and would drop
+    it silently instead of reporting it.
+    """
+    try:
+        return (yield from run_job_steps(job, models=models))
+    except RuntimeError as error:
+        raise RunError(str(error) or type(error).__name__) from error
+
+
+def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None, int]:
     """Load the model, learn the reference, segment every target.
 
     Yields
