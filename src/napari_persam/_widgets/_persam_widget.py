@@ -24,7 +24,6 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 from napari.qt.threading import GeneratorWorker, create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
@@ -40,8 +39,9 @@ from napari_persam._widgets._job import (
     build_job,
     image_kind,
 )
-from napari_persam._widgets._layers import OutputLayers, ensure_outputs, spatial_shape, write_result
-from napari_persam._widgets._runner import Job, LoadedModels, ModelChoice, ModelFactory, run_job
+from napari_persam._widgets._layers import spatial_shape
+from napari_persam._widgets._run_state import RunState
+from napari_persam._widgets._runner import LoadedModels, ModelChoice, ModelFactory, run_job
 from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.models import DEFAULT_MODEL, TINY_MODEL, model_names
 from napari_persam.core.progress import Progress
@@ -76,14 +76,7 @@ class PerSAMWidget(Container):
         super().__init__()
         self._viewer = napari_viewer
         self._models = LoadedModels(model_factory)
-        self._job: Job | None = None
-        self._value = 0
-        self._outputs: dict[str, OutputLayers] = {}
-        self._images: dict[str, Image] = {}
-        self._progress: progress | None = None
-        self._found = self._done = 0
-        self._cancelled = False
-        self._failure = ""
+        self._run: RunState | None = None
         self.worker: GeneratorWorker | None = None
 
         self.image = create_widget(annotation=Image, label="image", name="image")
@@ -205,13 +198,13 @@ class PerSAMWidget(Container):
         self.cancel()
 
     def _on_yielded(self, step: Progress) -> None:
-        self._show_progress(step)
+        self._show(step)
 
     def _on_errored(self, error: BaseException) -> None:
-        self._report_error(error)
+        self._report(error)
 
     def _on_aborted(self) -> None:
-        self._cancelled = True
+        self._mark_cancelled()
 
     def _on_finished(self) -> None:
         self._finish()
@@ -230,13 +223,8 @@ class PerSAMWidget(Container):
             show_error(str(error))
             self.status.value = f"Not started: {error}"
             return
-        self._job, self._value = job, value
-        self._outputs.clear()
-        self._images = {layer.name: layer for layer in self._viewer.layers}
-        self._found = self._done = 0
-        self._cancelled = False
-        self._failure = ""
-        self._progress = progress(total=len(job.targets), desc="PerSAM")
+        images = {layer.name: layer for layer in self._viewer.layers if isinstance(layer, Image)}
+        self._run = RunState(self._viewer, job, value=value, images=images)
         self.worker = create_worker(
             run_job, job, models=self._models, _start_thread=False,
             _connect={
@@ -295,56 +283,32 @@ class PerSAMWidget(Container):
             return 0
         return round(float(image.world_to_data(self._viewer.dims.point)[0]))
 
-    def _show_progress(self, step: Progress) -> None:
-        # Adding a layer can process pending events, "finished" among them, so this
-        # handler may finish after the run did; it then updates the summary itself.
-        job = self._job
-        if self._progress is not None:
-            self._progress.set_description(f"PerSAM: {step.message}")
-        if step.result is None or step.index is None or job is None:
-            if self.running:
-                self.status.value = step.message.capitalize() + "..."
+    def _show(self, step: Progress) -> None:
+        run = self._run  # this run's, even if another starts while a result is written
+        if run is None:
             return
-        target = job.targets[step.index]
-        outputs = self._outputs.get(target.output)
-        if outputs is None or outputs.labels not in self._viewer.layers:
-            outputs = ensure_outputs(self._viewer, self._images[target.output], value=self._value)
-            self._outputs[target.output] = outputs
-        write_result(outputs, step.result, slice_index=target.slice_index, value=self._value)
-        self._done += 1
-        self._found += int(step.result.found)
-        if self._progress is not None:
-            self._progress.update(1)
-        self.status.value = (
-            f"Segmented {self._done} of {len(job.targets)}..." if self.running else self._summary()
-        )
+        run.show(step)
+        if self.worker is not None and step.result is None:
+            self.status.value = step.message.capitalize() + "..."
+        else:
+            self.status.value = run.summary()
 
-    def _report_error(self, error: BaseException) -> None:
-        message = str(error) or type(error).__name__
-        if isinstance(error, MemoryError) or "out of memory" in message.lower():
-            message += " (out of memory: try a smaller model, the CPU, or fewer slices)"
-        self._failure = message
-        self.status.value = self._summary()
-        show_error(f"PerSAM failed: {message}")
+    def _report(self, error: BaseException) -> None:
+        if self._run is not None:
+            show_error(f"PerSAM failed: {self._run.fail(error)}")
+            self.status.value = self._run.summary()
+
+    def _mark_cancelled(self) -> None:
+        if self._run is not None:
+            self._run.cancelled = True
 
     def _finish(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        if self._run is not None:
+            self._run.finish()
+            self.status.value = self._run.summary()
         self.worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
-        self.status.value = self._summary()
-
-    def _summary(self) -> str:
-        total = len(self._job.targets) if self._job is not None else 0
-        if self._failure:
-            return f"Failed after {self._done} of {total} image(s): {self._failure}"
-        if self._cancelled:
-            return f"Cancelled: kept the {self._done} of {total} image(s) finished."
-        missed = self._done - self._found
-        found = f"; nothing found in {missed}" if missed else ""
-        return f"Done: segmented {self._done} of {total} image(s){found}."
 
     def _update_for_image(self) -> None:
         image = self.image.value
