@@ -54,12 +54,19 @@ def test_2d_grey_image_gets_new_output_layers(viewer, open_widget, qtbot):
     assert widget.status.value.startswith("Done: segmented 1 of 1")
 
 
-def test_2d_rgb_image_outputs_have_the_spatial_shape(viewer, open_widget, qtbot):
+def test_2d_rgb_image_with_persam_f(viewer, open_widget, qtbot):
     rgb = (np.stack([squares((40, 56))] * 3, axis=-1) * 255).clip(0, 255).astype(np.uint8)
     viewer.add_image(rgb, name="photo", rgb=True)
     viewer.add_labels(_reference((40, 56)), name="ref")
     widget = open_widget()
-    run_and_wait(qtbot, widget)
+    widget.finetune.value = True
+    widget.finetune_steps.value = 5
+    messages = []
+    widget.run_button.native.click()
+    widget.worker.yielded.connect(lambda step: messages.append(step.message))
+    with qtbot.waitSignal(widget.worker.finished, timeout=60_000):
+        pass
+    assert "fine-tuning (PerSAM-F)" in messages
     assert viewer.layers["photo PerSAM"].data.shape == (40, 56)
     assert viewer.layers["photo similarity"].data.shape == (40, 56)
 
@@ -244,3 +251,6 @@ def test_widget_lists_the_registry_and_devices(viewer, open_widget):
     assert widget.checkpoint.native.isHidden()  # the tiny model needs no weights file
     widget.model.value = "vit_b"
     assert not widget.checkpoint.native.isHidden()
+    assert widget.finetune_steps.native.isHidden()
+    widget.finetune.value = True
+    assert not widget.finetune_steps.native.isHidden()

@@ -126,6 +126,14 @@ class PerSAMWidget(Container):
         self.finetune = CheckBox(
             text="PerSAM-F (fit mask weights to the reference)", name="finetune", value=False
         )
+        self.finetune_steps = SpinBox(
+            label="PerSAM-F steps",
+            name="finetune_steps",
+            min=1,
+            max=100_000,
+            value=PerSAMConfig().finetune_steps,
+            tooltip="Training steps of the mask weights (the paper uses 1000).",
+        )
         self.target_guided_attention = CheckBox(
             text="target-guided attention", name="target_guided_attention", value=True
         )
@@ -150,18 +158,20 @@ class PerSAMWidget(Container):
             self.image, self.reference, self.label_value, self.find_reference_slice,
             self.reference_slice, self.targets, self.first_slice, self.last_slice,
             self.target_layers, self.model, self.checkpoint, self.device, self.finetune,
-            self.target_guided_attention, self.semantic_prompt, self.min_object_size,
-            self.run_button, self.cancel_button, self.status,
+            self.finetune_steps, self.target_guided_attention, self.semantic_prompt,
+            self.min_object_size, self.run_button, self.cancel_button, self.status,
         ])  # fmt: skip
 
         self.image.changed.connect(self._on_image_changed)
         self.targets.changed.connect(self._on_targets_changed)
         self.find_reference_slice.changed.connect(self._on_find_slice_changed)
         self.model.changed.connect(self._on_model_changed)
+        self.finetune.changed.connect(self._on_finetune_changed)
         self.run_button.changed.connect(self._on_run_clicked)
         self.cancel_button.changed.connect(self._on_cancel_clicked)
         self._on_image_changed()
         self._on_model_changed()
+        self._on_finetune_changed()
 
     # ------------------------------------------------------------------ hooks
     @property
@@ -190,6 +200,9 @@ class PerSAMWidget(Container):
 
     def _on_model_changed(self, *_: object) -> None:
         self.checkpoint.visible = self.model.value != TINY_MODEL
+
+    def _on_finetune_changed(self, *_: object) -> None:
+        self.finetune_steps.visible = self.finetune.value
 
     def _on_run_clicked(self, *_: object) -> None:
         self.run()
@@ -268,6 +281,7 @@ class PerSAMWidget(Container):
                 target_guided_attention=self.target_guided_attention.value,
                 semantic_prompt=self.semantic_prompt.value,
                 min_area_fraction=float(self.min_object_size.value) / 100.0,
+                finetune_steps=int(self.finetune_steps.value),
             ),
             finetune=bool(self.finetune.value),
         )
