@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,9 @@ def test_results_arrive_one_by_one_and_the_model_is_loaded_once(tiny_sam):
     assert all(step.result.similarity.shape == (32, 32) for step in results)
     run(run_job(_job(), models=models))
     assert calls == ["tiny"] and len(models) == 1
+    other = dataclasses.replace(_job(), model=ModelChoice("tiny", None, "auto"))
+    run(run_job(other, models=models))
+    assert calls == ["tiny", "tiny"] and len(models) == 1  # only the latest model is kept
 
 
 def test_runtime_errors_are_passed_on_as_run_errors():

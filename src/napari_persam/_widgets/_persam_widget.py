@@ -61,8 +61,9 @@ class PerSAMWidget(Container):
         :class:`~napari_persam.core.progress.Progress` and returns a ``Sam``. The
         default, :func:`napari_persam.core.models.iter_load_model`, builds the
         registry's models. Can also be set later through :attr:`model_factory`
-        (e.g. to run your own SAM variant, or a small one in tests); loaded models
-        are kept per (model, checkpoint, device) while the widget lives.
+        (e.g. to run your own SAM variant, or a small one in tests). The model
+        is loaded once per (model, checkpoint, device) and kept while the widget
+        lives; choosing another one replaces it.
 
     Attributes
     ----------

@@ -104,11 +104,13 @@ class Job:
 
 
 class LoadedModels:
-    """Models loaded by one widget, kept while the widget lives.
+    """The model loaded by one widget, kept while the widget lives.
 
     A model is loaded once per (name, checkpoint, device), so switching images or
-    options does not reload it; each keeps its own embedding cache, so a rerun
-    with other options does not encode the same images again.
+    options does not reload it, and it keeps an embedding cache, so a rerun with
+    other options does not encode the same images again. Only the latest model is
+    kept: ViT-H alone takes 2.5 GB, and a user trying models one after the other
+    should not run out of (GPU) memory.
 
     Parameters
     ----------
@@ -133,11 +135,11 @@ class LoadedModels:
         key = (choice.name, os.fspath(choice.checkpoint or ""), choice.device)
         if key not in self._loaded:
             from napari_persam.core.embeddings import EmbeddingCache
+            from napari_persam.core.models import iter_load_model
 
-            factory = self.factory
-            if factory is None:
-                from napari_persam.core.models import iter_load_model as factory
+            factory = self.factory if self.factory is not None else iter_load_model
             device = None if choice.device == "auto" else choice.device
+            self._loaded.clear()  # free the previous model before building the next
             sam = yield from factory(choice.name, checkpoint=choice.checkpoint, device=device)
             self._loaded[key] = (sam, EmbeddingCache(cache_size))
         return self._loaded[key]
