@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import QTimer
 
-from tests.widgets.conftest import run_and_wait, squares
+from tests.widgets._helpers import run_and_wait, squares
 
 
 def _written(similarity: np.ndarray) -> list[int]:

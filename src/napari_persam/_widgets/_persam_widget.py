@@ -28,13 +28,10 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from napari_persam._widgets._job import (
-    ALL_SLICES,
     IMAGE_LAYERS,
     SLICE_RANGE,
     TARGETS_2D,
     TARGETS_3D,
-    THIS_IMAGE,
-    THIS_SLICE,
     Request,
     build_job,
     image_kind,
@@ -369,4 +366,4 @@ def _device_choices() -> list[str]:
     return ["auto", *available_devices()]
 
 
-__all__ = ["ALL_SLICES", "IMAGE_LAYERS", "SLICE_RANGE", "THIS_IMAGE", "THIS_SLICE", "PerSAMWidget"]
+__all__ = ["PerSAMWidget"]
