@@ -1,0 +1,5 @@
+"""napari dock widgets (Qt and napari are imported here, never in ``core``)."""
+
+from napari_persam._widgets._persam_widget import PerSAMWidget
+
+__all__ = ["PerSAMWidget"]

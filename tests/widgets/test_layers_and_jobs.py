@@ -1,0 +1,134 @@
+"""Output layers and job checks with napari's models only (no window)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.components import ViewerModel
+from napari.layers import Image, Labels
+
+from napari_persam._widgets._job import (
+    ALL_SLICES,
+    IMAGE_LAYERS,
+    SLICE_RANGE,
+    THIS_SLICE,
+    Request,
+    build_job,
+)
+from napari_persam._widgets._layers import ensure_outputs, write_result
+from napari_persam._widgets._runner import ModelChoice
+from napari_persam.core.concept import Segmentation
+from napari_persam.core.config import PerSAMConfig
+
+
+def _segmentation(mask: np.ndarray, fill: float) -> Segmentation:
+    return Segmentation(
+        mask=mask,
+        similarity=np.full(mask.shape, fill, dtype=np.float32),
+        score=0.5,
+        points=np.zeros((1, 2)),
+        point_labels=np.ones(1, dtype=np.int64),
+    )
+
+
+def test_outputs_copy_placement_and_are_reused_in_place():
+    viewer = ViewerModel()
+    image = viewer.add_image(
+        np.zeros((3, 6, 8, 3), np.uint8), rgb=True, name="cells", scale=(2, 0.5, 0.5),
+        translate=(1, 2, 3),
+    )  # fmt: skip
+    outputs = ensure_outputs(viewer, image, value=300)
+    assert outputs.labels.name == "cells PerSAM" and outputs.similarity.name == "cells similarity"
+    assert outputs.labels.data.shape == (3, 6, 8) and outputs.labels.data.dtype == np.uint16
+    assert outputs.similarity.data.dtype == np.float32
+    for layer in (outputs.labels, outputs.similarity):
+        np.testing.assert_array_equal(layer.scale, image.scale)
+        np.testing.assert_array_equal(layer.translate, image.translate)
+    assert viewer.layers.index(outputs.similarity) < viewer.layers.index(outputs.labels)
+
+    mask = np.zeros((6, 8), bool)
+    mask[1:3, 2:5] = True
+    write_result(outputs, _segmentation(mask, 0.25), slice_index=1, value=300)
+    assert set(np.unique(outputs.labels.data[1])) == {0, 300}
+    assert (outputs.labels.data[1] == 300).sum() == 6
+    assert not outputs.labels.data[[0, 2]].any()
+    assert np.all(outputs.similarity.data[1] == 0.25) and not outputs.similarity.data[0].any()
+
+    data = outputs.labels.data
+    again = ensure_outputs(viewer, image, value=7)
+    assert again.labels is outputs.labels and again.labels.data is data  # in place
+    assert len(viewer.layers) == 3
+
+
+def test_a_user_layer_with_the_output_name_is_never_written():
+    viewer = ViewerModel()
+    image = viewer.add_image(np.zeros((4, 4)), name="img")
+    mine = viewer.add_labels(np.full((4, 4), 9, np.uint8), name="img PerSAM")
+    outputs = ensure_outputs(viewer, image, value=1)
+    assert outputs.labels is not mine
+    write_result(outputs, _segmentation(np.ones((4, 4), bool), 0.5), slice_index=None, value=1)
+    assert np.all(mine.data == 9)
+
+
+def _request(image, reference, **changes) -> Request:
+    values = {
+        "image": image,
+        "reference": reference,
+        "label_value": 0,
+        "reference_slice": None,
+        "target_mode": ALL_SLICES,
+        "current_slice": 0,
+        "slice_range": (0, 0),
+        "target_layers": [],
+        "model": ModelChoice("tiny", None, "cpu"),
+        "config": PerSAMConfig(),
+        "finetune": False,
+    }
+    values.update(changes)
+    return Request(**values)
+
+
+def _stack() -> tuple[Image, Labels]:
+    image = Image(np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8), name="stack")
+    labels = np.zeros((4, 8, 8), np.uint8)
+    labels[2, 1:4, 1:4] = 5
+    return image, Labels(labels, name="ref")
+
+
+def test_job_for_a_stack_copies_the_reference_slice():
+    image, reference = _stack()
+    job, value = build_job(_request(image, reference))
+    assert value == 5
+    assert [t.slice_index for t in job.targets] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(job.reference_image, image.data[2])
+    assert not np.shares_memory(job.reference_image, image.data)
+    assert job.reference_mask.sum() == 9
+    job, _ = build_job(_request(image, reference, target_mode=SLICE_RANGE, slice_range=(1, 2)))
+    assert [t.slice_index for t in job.targets] == [1, 2]
+    job, _ = build_job(_request(image, reference, target_mode=THIS_SLICE, current_slice=3))
+    assert [t.slice_index for t in job.targets] == [3]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"image": None}, "Choose an image layer"),
+        ({"reference": None}, "Choose a reference Labels layer"),
+        ({"reference": Labels(np.zeros((4, 8, 9), np.uint8))}, r"has shape \(4, 8, 9\)"),
+        ({"reference": Labels(np.zeros((4, 8, 8), np.uint8))}, "empty: paint"),
+        ({"label_value": 2}, "Label 2 is not painted"),
+        ({"target_mode": SLICE_RANGE, "slice_range": (2, 9)}, "not inside the stack"),
+        ({"target_mode": IMAGE_LAYERS}, "No image layers chosen"),
+        (
+            {"target_mode": IMAGE_LAYERS, "target_layers": [Image(np.zeros((8, 8)))]},
+            "not the same kind of image",
+        ),
+        ({"image": Image(np.zeros((2, 3, 8, 8)))}, "4 spatial dimensions"),
+    ],
+)
+def test_bad_choices_are_refused_with_a_message(changes, message):
+    image, reference = _stack()
+    changes = {"image": image, "reference": reference, **changes}
+    image, reference = changes.pop("image"), changes.pop("reference")
+    with pytest.raises(ValueError, match=message):
+        build_job(_request(image, reference, **changes))
