@@ -92,6 +92,17 @@ def test_mask_boundary_is_the_inner_band():
     np.testing.assert_array_equal(metrics.mask_boundary(full, width=1), expected_full)
 
 
+def test_mask_boundary_equals_repeated_square_erosion(rng):
+    from scipy import ndimage
+
+    mask = ndimage.binary_opening(rng.random((60, 70)) > 0.3, iterations=2)
+    for width in (1, 3, 7):
+        eroded = ndimage.binary_erosion(
+            mask, structure=np.ones((3, 3), dtype=bool), iterations=width, border_value=0
+        )
+        np.testing.assert_array_equal(metrics.mask_boundary(mask, width=width), mask & ~eroded)
+
+
 def test_boundary_iou_by_hand():
     # 20x20 image: width = round(0.02 * 28.28) = 1 -> 1 px inner contours.
     truth = _square((20, 20), 2, 2, 8, 8)  # 6x6: contour 20 px

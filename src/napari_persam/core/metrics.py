@@ -143,9 +143,11 @@ def mask_boundary(mask: np.ndarray, *, width: int) -> np.ndarray:
     boolean = np.asarray(mask) != 0
     if not boolean.any():
         return boolean
-    eroded = ndimage.binary_erosion(
-        boolean, structure=np.ones((3, 3), dtype=bool), iterations=width, border_value=0
-    )
+    # ``width`` erosions by a 3x3 square are one erosion by a (2 width + 1) square,
+    # which scipy's separable minimum filter does in time independent of ``width``.
+    eroded = ndimage.minimum_filter(
+        boolean.view(np.uint8), size=2 * width + 1, mode="constant", cval=0
+    ).astype(bool)
     return boolean & ~eroded
 
 

@@ -1,0 +1,1 @@
+"""napari dock widgets: thin layers over :mod:`napari_persam.core` (Qt lives only here)."""
