@@ -338,7 +338,8 @@ def average_precision(images: Sequence[InstanceImage], *, threshold: float) -> f
 
     Predictions of all images are ranked together by score, matched per image
     with :func:`match_by_score`, and precision is interpolated at 101 recall points
-    (0, 0.01, ..., 1) from its monotone envelope, as in pycocotools.
+    (0, 0.01, ..., 1) from its monotone envelope, as in pycocotools (without its
+    limit of 100 detections per image: nucleus images hold hundreds).
 
     Returns 1.0 when there is no instance on either side, 0.0 when only one side
     has instances.
