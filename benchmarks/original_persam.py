@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything import SamPredictor
-from timing import StageClock
+from timing import StageClock, lap_now, lap_since, synchronize
 
 from napari_persam.core.decoder import decode_masks
 from napari_persam.core.finetune import dice_loss, sigmoid_focal_loss
@@ -49,10 +49,14 @@ class OfficialReference:
 
 @dataclass
 class FitResult:
+    """Steps run, their total :data:`timing.Lap` and the loss per step."""
+
     steps_run: int
-    seconds: float
-    seconds_per_step: float
+    lap: dict[str, float]
     losses: list[float] = field(default_factory=list)
+
+    def per_step(self) -> dict[str, float]:
+        return {key: value / max(self.steps_run, 1) for key, value in self.lap.items()}
 
 
 def _mask_rgb(mask: np.ndarray) -> np.ndarray:
@@ -191,7 +195,7 @@ def fit_persam_f(
     coords_t = torch.as_tensor(coords, dtype=torch.float, device=device)[None]
     labels_t = torch.as_tensor(labels, dtype=torch.int, device=device)[None]
     losses = []
-    start = time.perf_counter()
+    start = lap_now()
     steps_run = 0
     for _ in range(steps):
         # The decoder runs every step although its inputs never change (as upstream).
@@ -208,14 +212,7 @@ def fit_persam_f(
         scheduler.step()
         losses.append(float(loss.detach()))
         steps_run += 1
-        if max_seconds is not None and time.perf_counter() - start > max_seconds:
+        if max_seconds is not None and time.perf_counter() - start["wall"] > max_seconds:
             break
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return FitResult(
-        steps_run=steps_run,
-        seconds=seconds,
-        seconds_per_step=seconds / max(steps_run, 1),
-        losses=losses,
-    )
+    synchronize(device)
+    return FitResult(steps_run=steps_run, lap=lap_since(start), losses=losses)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,10 @@ import original_persam  # noqa: E402
 import torch  # noqa: E402
 from inputs import BenchInputs, load_inputs  # noqa: E402
 from timing import (  # noqa: E402
+    Lap,
     StageClock,
     cpu_model,
+    lap_now,
     peak_rss_mib,
     python_heap_peak,
     stopwatch,
@@ -159,7 +161,7 @@ def instrumented(engine: PerSAM, clock: StageClock) -> Iterator[None]:
             setattr(persam_module, name, function)
 
 
-def bare_encoder_seconds(sam: torch.nn.Module, image: np.ndarray, device: torch.device) -> float:
+def bare_encoder(sam: torch.nn.Module, image: np.ndarray, device: torch.device) -> Lap:
     """SAM's ``image_encoder`` forward alone on the same (preprocessed) input."""
     from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -167,8 +169,12 @@ def bare_encoder_seconds(sam: torch.nn.Module, image: np.ndarray, device: torch.
     pixels = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
     with torch.inference_mode():
         batch = sam.preprocess(pixels.float())
-        _, seconds = timed_call(device, sam.image_encoder, batch)
-    return seconds
+        _, lap = timed_call(device, sam.image_encoder, batch)
+    return lap
+
+
+def _median_lap(laps: Sequence[Lap]) -> Lap:
+    return {key: statistics.median(lap[key] for lap in laps) for key in ("wall", "cpu")}
 
 
 def measure_ours(
@@ -183,7 +189,6 @@ def measure_ours(
         concept, result["learning"] = timed_call(
             device, engine.learn, inputs.reference, inputs.reference_mask
         )
-        clock.reset()
         concept_f, result["persam_f_fitting"] = timed_call(device, engine.finetune, concept)
 
         per_target = []
@@ -192,8 +197,8 @@ def measure_ours(
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             with python_heap_peak() as heap:
-                segmentation, seconds = timed_call(device, engine.segment, target, concept)
-            stages = dict(clock.seconds)
+                segmentation, cold = timed_call(device, engine.segment, target, concept)
+            stages = clock.snapshot()
             warm = [
                 timed_call(device, engine.segment, target, concept)[1]
                 for _ in range(settings.warm_repeats)
@@ -201,9 +206,9 @@ def measure_ours(
             warm_f = timed_call(device, engine.segment, target, concept_f)[1]
             per_target.append(
                 {
-                    "cold_seconds": seconds,
-                    "warm_seconds": statistics.median(warm),
-                    "warm_persam_f_seconds": warm_f,
+                    "cold": cold,
+                    "warm": _median_lap(warm),
+                    "warm_persam_f": warm_f,
                     "stages": stages,
                     "python_heap_peak_mib": heap["mib"],
                     "gpu_peak_mib": (
@@ -218,28 +223,30 @@ def measure_ours(
 
         # A stack: learn on slice 0, then every slice (slice 0 is a cache hit).
         stack_concept = engine.learn(inputs.stack[0], inputs.stack_mask)
-        stamps = [time.perf_counter()]
+        stamps = [lap_now()]
         run(
             engine.segment_many(list(inputs.stack), stack_concept),
-            on_progress=lambda _step: stamps.append(time.perf_counter()),
+            on_progress=lambda _step: stamps.append(lap_now()),
         )
-        slice_seconds = np.diff(stamps).tolist()
-        result["stack_slice_seconds"] = slice_seconds
+        result["stack_slices"] = [
+            {key: after[key] - before[key] for key in ("wall", "cpu")}
+            for before, after in itertools.pairwise(stamps)
+        ]
     result["cache"] = {"hits": engine.cache.hits, "misses": engine.cache.misses}
     return result
 
 
 def bf16_matmul_slowdown(device: torch.device, *, size: int = 512, repeats: int = 5) -> float:
-    """Seconds of a bfloat16 matmul over a float32 one on ``device`` (a cheap probe)."""
+    """Wall time of a bfloat16 matmul over a float32 one on ``device`` (a cheap probe)."""
     a = torch.randn(size, size, device=device)
     times = {}
     for dtype in (torch.float32, torch.bfloat16):
         x = a.to(dtype)
         x @ x  # warm-up
-        with stopwatch(device) as clock:
+        with stopwatch(device) as lap:
             for _ in range(repeats):
                 x @ x
-        times[dtype] = clock["seconds"]
+        times[dtype] = lap["wall"]
     return times[torch.bfloat16] / times[torch.float32]
 
 
@@ -268,8 +275,8 @@ def measure_bf16(
     )
     concept = engine.learn(inputs.reference, inputs.reference_mask)  # one more encode, untimed
     target = inputs.targets[0]
-    _, result["encode_seconds"] = timed_call(device, engine.embed, target)
-    segmentation, result["segment_after_encode_seconds"] = timed_call(
+    _, result["encode"] = timed_call(device, engine.embed, target)
+    segmentation, result["segment_after_encode"] = timed_call(
         device, engine.segment, target, concept
     )
     result["mask_iou_vs_fp32"] = iou(segmentation.mask, fp32_mask)
@@ -286,28 +293,29 @@ def measure_official(
     reference = original_persam.learn_reference(
         predictor, inputs.reference, inputs.reference_mask, clock
     )
-    reference_stages = dict(clock.seconds)
+    reference_stages = clock.snapshot()
     fit = original_persam.fit_persam_f(
         predictor,
         reference,
         steps=settings.official_steps,
         max_seconds=settings.official_max_seconds,
     )
+    per_step = fit.per_step()
     targets = []
     for target in inputs.targets:
         clock.reset()
         with stopwatch(device) as total:
             original_persam.segment_target(predictor, target, reference, clock)
-        targets.append({"seconds": total["seconds"], "stages": dict(clock.seconds)})
+        targets.append({"total": total, "stages": clock.snapshot()})
     return {
-        "reference_encoding": reference_stages.get("image encoding", 0.0),
-        "learning": reference_stages.get("learning", 0.0),
+        "reference_encoding": reference_stages["image encoding"],
+        "learning": reference_stages["learning"],
         "persam_f": {
             "steps": settings.official_steps,
             "steps_run": fit.steps_run,
-            "measured_seconds": fit.seconds,
-            "seconds_per_step": fit.seconds_per_step,
-            "seconds_all_steps": fit.seconds_per_step * settings.official_steps,
+            "measured": fit.lap,
+            "per_step": per_step,
+            "all_steps": {k: v * settings.official_steps for k, v in per_step.items()},
             "extrapolated": fit.steps_run < settings.official_steps,
         },
         "targets": targets,
@@ -348,11 +356,13 @@ def run_all(settings: Settings) -> dict[str, Any]:
             sam = build_tiny_sam(img_size=256, encoder_dim=32, prompt_dim=32).to(device)
         else:
             sam = build_model(settings.model, device=device)
-    results["model_build_seconds"] = build["seconds"]
+    results["model_build"] = build
     results["rss_after_model_mib"] = peak_rss_mib()
-    results["bare_encoder_seconds"] = bare_encoder_seconds(sam, inputs.targets[0], device)
     ours = measure_ours(sam, inputs, settings, device)
     results["rss_after_ours_mib"] = peak_rss_mib()
+    # After our runs, so the one-time start-up costs of the first forward pass (thread
+    # pools, allocator) fall on us, not on the figure we are compared with.
+    results["bare_encoder"] = bare_encoder(sam, inputs.targets[0], device)
     fp32_mask = ours["targets"][0].pop("mask")
     for target in ours["targets"][1:]:
         target.pop("mask")
@@ -363,38 +373,48 @@ def run_all(settings: Settings) -> dict[str, Any]:
     results["machine"]["load_average_after"] = (
         list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     )
-    results["ratios"] = ratios(results)
+    results["ratios"] = {key: ratios(results, key) for key in ("wall", "cpu")}
     return results
 
 
-def ratios(results: dict[str, Any]) -> dict[str, float | None]:
+def ratios(results: dict[str, Any], key: str) -> dict[str, float | None]:
+    """The headline ratios on clock ``key`` ("wall" or "cpu")."""
     ours, official = results["ours"], results["official"]
     n = len(ours["targets"])
-    cold = statistics.mean(t["cold_seconds"] for t in ours["targets"])
-    warm = statistics.mean(t["warm_seconds"] for t in ours["targets"])
-    official_target = statistics.mean(t["seconds"] for t in official["targets"])
-    our_flow = ours["reference_encoding"] + ours["learning"] + ours["persam_f_fitting"] + n * cold
+
+    def mean(laps) -> float:
+        return statistics.mean(lap[key] for lap in laps)
+
+    cold = mean(t["cold"] for t in ours["targets"])
+    warm = mean(t["warm"] for t in ours["targets"])
+    encode = mean(t["stages"]["image encoding"] for t in ours["targets"])
+    official_target = mean(t["total"] for t in official["targets"])
+    bare = results["bare_encoder"][key]
+    our_flow = (
+        ours["reference_encoding"][key]
+        + ours["learning"][key]
+        + ours["persam_f_fitting"][key]
+        + n * cold
+    )
     official_flow = (
-        official["reference_encoding"]
-        + official["learning"]
-        + official["persam_f"]["seconds_all_steps"]
+        official["reference_encoding"][key]
+        + official["learning"][key]
+        + official["persam_f"]["all_steps"][key]
         + n * official_target
     )
-    uncached_slices = ours["stack_slice_seconds"][1:] or ours["stack_slice_seconds"]
+    slices = ours["stack_slices"][1:] or ours["stack_slices"]  # slice 0 was cached
     bf16 = results["bf16"]
-    encode = statistics.mean(t["stages"]["image encoding"] for t in ours["targets"])
-    bf16_ratio = bf16["encode_seconds"] / encode if "encode_seconds" in bf16 else None
     return {
-        "our_image_total_over_bare_encoder": cold / results["bare_encoder_seconds"],
+        "our_image_total_over_bare_encoder": cold / bare,
+        "our_image_total_over_our_encoding": cold / encode,
+        "our_slice_total_over_bare_encoder": mean(slices) / bare,
         "official_persam_over_ours_per_image": official_target / cold,
-        "official_persam_f_fitting_over_ours": official["persam_f"]["seconds_all_steps"]
-        / ours["persam_f_fitting"],
-        "official_persam_f_flow_over_ours": official_flow / our_flow,
-        "cache_hit_speedup": cold / warm,
         "official_rerun_over_ours_cached_rerun": official_target / warm,
-        "our_slice_total_over_bare_encoder": statistics.mean(uncached_slices)
-        / results["bare_encoder_seconds"],
-        "bf16_encode_over_fp32_encode": bf16_ratio,
+        "cache_hit_speedup": cold / warm,
+        "official_persam_f_fitting_over_ours": official["persam_f"]["all_steps"][key]
+        / ours["persam_f_fitting"][key],
+        "official_persam_f_flow_over_ours": official_flow / our_flow,
+        "bf16_encode_over_fp32_encode": bf16["encode"][key] / encode if "encode" in bf16 else None,
     }
 
 
@@ -409,12 +429,34 @@ def _s(value: float | None) -> str:
     return f"{value * 1000:.0f} ms"
 
 
+def _lap(lap: Lap | None) -> str:
+    """Wall time, then CPU time in brackets."""
+    if lap is None:
+        return "n/a"
+    return f"{_s(lap['wall'])} ({_s(lap['cpu'])})"
+
+
 def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+RATIO_LABELS = {
+    "our_image_total_over_bare_encoder": "our total per new image / bare `image_encoder` forward",
+    "our_image_total_over_our_encoding": "our total per new image / its own image encoding",
+    "our_slice_total_over_bare_encoder": "our total per new stack slice / bare encoder forward",
+    "official_persam_over_ours_per_image": "original PerSAM per image / ours (new image)",
+    "official_rerun_over_ours_cached_rerun": "original PerSAM per image / ours re-run on a "
+    "cached image",
+    "cache_hit_speedup": "cache-hit speedup (our new image / our cached image)",
+    "official_persam_f_fitting_over_ours": "original PerSAM-F fitting ({steps} decoder calls) / "
+    "our PerSAM-F fitting",
+    "official_persam_f_flow_over_ours": "original PerSAM-F one-shot flow / ours (reference, "
+    "fitting, {n} target)",
+    "bf16_encode_over_fp32_encode": "bfloat16 encoder / float32 encoder",
+}
+
+
 def to_markdown(results: dict[str, Any]) -> str:
-    r = results["ratios"]
     m = results["machine"]
     ours, official = results["ours"], results["official"]
     fit = official["persam_f"]
@@ -430,65 +472,56 @@ def to_markdown(results: dict[str, Any]) -> str:
         "",
         "### Ratios",
         "",
-        "| Ratio | Value |",
-        "| --- | --- |",
-        f"| our total per new image / bare `image_encoder` forward | "
-        f"{_x(r['our_image_total_over_bare_encoder'])} |",
-        f"| our total per new stack slice / bare `image_encoder` forward | "
-        f"{_x(r['our_slice_total_over_bare_encoder'])} |",
-        f"| original PerSAM per image / ours (new image) | "
-        f"{_x(r['official_persam_over_ours_per_image'])} |",
-        f"| original PerSAM per image / ours re-run on a cached image | "
-        f"{_x(r['official_rerun_over_ours_cached_rerun'])} |",
-        f"| cache-hit speedup (our new image / our cached image) | {_x(r['cache_hit_speedup'])} |",
-        f"| original PerSAM-F fitting ({fit['steps']} decoder calls) / our PerSAM-F fitting | "
-        f"{_x(r['official_persam_f_fitting_over_ours'])} |",
-        f"| original PerSAM-F one-shot flow / ours (reference, fitting, "
-        f"{len(ours['targets'])} target(s)) | {_x(r['official_persam_f_flow_over_ours'])} |",
-        f"| bfloat16 encoder / float32 encoder | {_x(r['bf16_encode_over_fp32_encode'])} |",
+        "| Ratio | wall clock | CPU time |",
+        "| --- | --- | --- |",
+    ]
+    for key, label in RATIO_LABELS.items():
+        label = label.format(steps=fit["steps"], n=len(ours["targets"]))
+        wall, cpu = results["ratios"]["wall"][key], results["ratios"]["cpu"][key]
+        lines.append(f"| {label} | {_x(wall)} | {_x(cpu)} |")
+    lines += [
         "",
-        "### Time per stage (first target image)",
+        "### Time per stage, first target image: wall clock (CPU time)",
         "",
         "| Stage | ours | original PerSAM |",
         "| --- | --- | --- |",
     ]
     for stage in OUR_STAGES:
         theirs = off_target["stages"].get(stage) if stage in OFFICIAL_STAGES else None
-        lines.append(f"| {stage} | {_s(target['stages'].get(stage, 0.0))} | {_s(theirs)} |")
+        lines.append(f"| {stage} | {_lap(target['stages'].get(stage))} | {_lap(theirs)} |")
+    extrapolated = (
+        f"; extrapolated from {fit['steps_run']} steps of {_lap(fit['per_step'])}"
+        if fit["extrapolated"]
+        else ""
+    )
     lines += [
-        f"| **total per new image** | **{_s(target['cold_seconds'])}** | "
-        f"**{_s(off_target['seconds'])}** |",
-        f"| re-run on the same image (cache hit) | {_s(target['warm_seconds'])} | "
-        f"{_s(off_target['seconds'])} (no cache) |",
-        f"| PerSAM-F segmentation, cached image | {_s(target['warm_persam_f_seconds'])} | |",
-        f"| reference: encoding | {_s(ours['reference_encoding'])} | "
-        f"{_s(official['reference_encoding'])} |",
-        f"| reference: learning (after encoding) | {_s(ours['learning'])} | "
-        f"{_s(official['learning'])} |",
-        f"| PerSAM-F fitting | {_s(ours['persam_f_fitting'])} | "
-        f"{_s(fit['seconds_all_steps'])}"
-        + (
-            f" (extrapolated from {fit['steps_run']} steps of {_s(fit['seconds_per_step'])})"
-            if fit["extrapolated"]
-            else ""
-        )
-        + " |",
-        f"| bare `image_encoder` forward | {_s(results['bare_encoder_seconds'])} | |",
+        f"| **total per new image** | **{_lap(target['cold'])}** | "
+        f"**{_lap(off_target['total'])}** |",
+        f"| re-run on the same image (cache hit) | {_lap(target['warm'])} | "
+        f"{_lap(off_target['total'])} (no cache) |",
+        f"| PerSAM-F segmentation, cached image | {_lap(target['warm_persam_f'])} | |",
+        f"| reference: encoding | {_lap(ours['reference_encoding'])} | "
+        f"{_lap(official['reference_encoding'])} |",
+        f"| reference: learning (after encoding) | {_lap(ours['learning'])} | "
+        f"{_lap(official['learning'])} |",
+        f"| PerSAM-F fitting ({fit['steps']} steps) | {_lap(ours['persam_f_fitting'])} | "
+        f"{_lap(fit['all_steps'])}{extrapolated} |",
+        f"| bare `image_encoder` forward | {_lap(results['bare_encoder'])} | |",
         "",
-        "### Stack",
+        "### Stack: time per slice with `segment_many`, wall clock (CPU time)",
         "",
-        "| Slice | seconds |",
+        "| Slice | time |",
         "| --- | --- |",
     ]
-    for index, seconds in enumerate(ours["stack_slice_seconds"]):
-        note = " (reference slice, cached)" if index == 0 else ""
-        lines.append(f"| {index}{note} | {_s(seconds)} |")
+    for index, lap in enumerate(ours["stack_slices"]):
+        note = " (reference slice, embedding cached)" if index == 0 else ""
+        lines.append(f"| {index}{note} | {_lap(lap)} |")
     bf16 = results["bf16"]
     lines += ["", "### Precision and memory", ""]
-    if "encode_seconds" in bf16:
+    if "encode" in bf16:
         lines.append(
-            f"- bfloat16 encoder: {_s(bf16['encode_seconds'])} per image (float32: "
-            f"{_s(target['stages'].get('image encoding'))}); mask IoU against float32 "
+            f"- bfloat16 encoder: {_lap(bf16['encode'])} per image (float32: "
+            f"{_lap(target['stages'].get('image encoding'))}); mask IoU against float32 "
             f"{bf16['mask_iou_vs_fp32']:.3f}."
         )
     else:

@@ -1,4 +1,4 @@
-"""Wall-clock timers and memory probes for the benchmarks (never used by the package).
+"""Wall-clock and CPU timers and memory probes for the benchmarks (never used by the package).
 
 GPU work is asynchronous, so every timer synchronises the device before reading
 the clock; otherwise a CUDA timing would measure only the kernel launches.
@@ -18,49 +18,74 @@ from typing import Any
 
 import torch
 
+#: One measurement: ``{"wall": seconds, "cpu": seconds}``. CPU time is this process's
+#: (all threads): on a machine shared with other jobs wall-clock time grows with their
+#: load while CPU time mostly does not, so both are recorded.
+Lap = dict[str, float]
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+def zero_lap() -> Lap:
+    return {"wall": 0.0, "cpu": 0.0}
+
+
+def add_laps(a: Lap, b: Lap) -> Lap:
+    return {"wall": a["wall"] + b["wall"], "cpu": a["cpu"] + b["cpu"]}
+
+
+def lap_now() -> Lap:
+    """The clocks' current readings (differences of two are a :data:`Lap`)."""
+    return {"wall": time.perf_counter(), "cpu": time.process_time()}
+
+
+def lap_since(start: Lap) -> Lap:
+    now = lap_now()
+    return {"wall": now["wall"] - start["wall"], "cpu": now["cpu"] - start["cpu"]}
+
+
 @contextlib.contextmanager
-def stopwatch(device: torch.device) -> Iterator[dict[str, float]]:
-    """``with stopwatch(device) as t: ...`` then ``t["seconds"]``."""
-    result: dict[str, float] = {}
+def stopwatch(device: torch.device) -> Iterator[Lap]:
+    """``with stopwatch(device) as lap: ...`` then ``lap["wall"]``, ``lap["cpu"]``."""
+    result: Lap = {}
     synchronize(device)
-    start = time.perf_counter()
+    start = lap_now()
     try:
         yield result
     finally:
         synchronize(device)
-        result["seconds"] = time.perf_counter() - start
+        result.update(lap_since(start))
 
 
-def timed_call(device: torch.device, function: Callable[..., Any], *args, **kwargs):
-    """``(result, seconds)`` of one call."""
-    with stopwatch(device) as clock:
+def timed_call(device: torch.device, function: Callable[..., Any], /, *args, **kwargs):
+    """``(result, lap)`` of one call."""
+    with stopwatch(device) as lap:
         result = function(*args, **kwargs)
-    return result, clock["seconds"]
+    return result, lap
 
 
 class StageClock:
-    """Accumulates seconds per stage name from wrapped callables."""
+    """Accumulates a :data:`Lap` per stage name from wrapped callables and blocks."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.laps: dict[str, Lap] = defaultdict(zero_lap)
         self.calls: dict[str, int] = defaultdict(int)
+
+    def add(self, name: str, lap: Lap) -> None:
+        self.laps[name] = add_laps(self.laps[name], lap)
+        self.calls[name] += 1
 
     def wrap(self, name: str | Callable[[tuple, dict], str], function: Callable) -> Callable:
         """``function`` timed into stage ``name``, or ``name(args, kwargs)`` per call."""
 
         def wrapper(*args, **kwargs):
             key = name if isinstance(name, str) else name(args, kwargs)
-            with stopwatch(self.device) as clock:
-                result = function(*args, **kwargs)
-            self.seconds[key] += clock["seconds"]
-            self.calls[key] += 1
+            result, lap = timed_call(self.device, function, *args, **kwargs)
+            self.add(key, lap)
             return result
 
         return wrapper
@@ -68,13 +93,15 @@ class StageClock:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """Time the block into stage ``name``."""
-        with stopwatch(self.device) as clock:
+        with stopwatch(self.device) as lap:
             yield
-        self.seconds[name] += clock["seconds"]
-        self.calls[name] += 1
+        self.add(name, lap)
+
+    def snapshot(self) -> dict[str, Lap]:
+        return {name: dict(lap) for name, lap in self.laps.items()}
 
     def reset(self) -> None:
-        self.seconds.clear()
+        self.laps.clear()
         self.calls.clear()
 
 

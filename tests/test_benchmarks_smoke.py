@@ -25,7 +25,7 @@ def run_benchmarks(monkeypatch):
 def test_quick_benchmark_writes_every_figure(run_benchmarks, tmp_path):
     assert run_benchmarks.main(["--quick", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    ratios = results["ratios"]
+    ratios = results["ratios"]["cpu"]
     for name in (
         "our_image_total_over_bare_encoder",
         "official_persam_over_ours_per_image",
