@@ -110,3 +110,22 @@ def test_2d_layers_show_one_slice(viewer, qtbot):
     assert "instance F1" in widget._slices.column_headers
     widget.go_to_slice(0)  # no z axis: nothing to move, no error
     assert widget.current_slice() is None
+
+
+def test_manifest_contributes_the_widget():
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    import napari_persam
+
+    manifest = yaml.safe_load(
+        (Path(napari_persam.__file__).parent / "napari.yaml").read_text(encoding="utf-8")
+    )
+    commands = {item["id"]: item for item in manifest["contributions"]["commands"]}
+    widget = next(
+        item for item in manifest["contributions"]["widgets"] if item["display_name"] == "Evaluate"
+    )
+    module, name = commands[widget["command"]]["python_name"].split(":")
+    assert getattr(importlib.import_module(module), name) is EvaluateWidget

@@ -86,7 +86,11 @@ class EvaluateWidget(Container):
         self._run_button.changed.connect(self._on_run)
         self._slices.native.cellClicked.connect(self._on_row_clicked)
         self._plot.slice_clicked.connect(self._on_plot_clicked)
-        self._viewer.dims.events.current_step.connect(self._on_dims_changed)
+        step_event = self._viewer.dims.events.current_step
+        step_event.connect(self._on_dims_changed)
+        # The viewer outlives a closed dock widget: stop calling into deleted Qt objects.
+        handler = self._on_dims_changed
+        self.native.destroyed.connect(lambda *_: step_event.disconnect(handler))
 
     # ------------------------------------------------------------------ slots
     def _on_run(self) -> None:
