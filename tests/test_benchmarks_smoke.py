@@ -1,0 +1,56 @@
+"""The benchmark suite in quick mode, so its scripts cannot rot (no timings asserted)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def run_benchmarks(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("run_benchmarks")
+    yield module
+    for name in ("run_benchmarks", "original_persam", "inputs", "timing"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_figure(run_benchmarks, tmp_path):
+    assert run_benchmarks.main(["--quick", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    ratios = results["ratios"]["cpu"]
+    for name in (
+        "our_image_total_over_bare_encoder",
+        "official_persam_over_ours_per_image",
+        "official_persam_f_fitting_over_ours",
+        "cache_hit_speedup",
+        "our_slice_total_over_bare_encoder",
+    ):
+        assert ratios[name] > 0
+    stages = results["ours"]["targets"][0]["stages"]
+    assert set(stages) >= {"image encoding", "first decoding", "refinement", "post-processing"}
+    # Every official PerSAM-F step called SAM's decoder (quick mode runs 3).
+    assert results["official"]["persam_f"]["steps_run"] == 3
+    assert results["ours"]["cache"]["hits"] > 0
+    markdown = (tmp_path / "results.md").read_text()
+    assert markdown.index("### Ratios") < markdown.index("### Time per stage")
+
+
+def test_instrumentation_restores_the_engine(run_benchmarks, tiny_sam):
+    from napari_persam.core import PerSAM
+    from napari_persam.core import persam as persam_module
+
+    engine = PerSAM(tiny_sam, device="cpu")
+    before = persam_module.encode_image
+    clock = run_benchmarks.StageClock(engine.device)
+    with run_benchmarks.instrumented(engine, clock):
+        assert persam_module.encode_image is not before
+    assert persam_module.encode_image is before
+    assert "_decode" not in vars(engine)
