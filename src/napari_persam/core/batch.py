@@ -118,6 +118,7 @@ def plan_items(
     """
     out = Path(out_dir)
     records = out / RECORDS_DIR
+    remove_partial_files(out)
     inputs = {os.path.abspath(target.path) for target in targets}
     seen: dict[str, str] = {}
     items: list[WorkItem] = []
@@ -154,6 +155,15 @@ def plan_items(
             record = str(records / f"{target.name}.zarr" / f"{index}.json")
             items.append(WorkItem(target, index, output, record))
     return items, failures
+
+
+def remove_partial_files(out_dir: Path) -> None:
+    """Delete temporary files a killed run left in ``out_dir`` (named ``.*.partial*``)."""
+    # Not recursive in out_dir itself: label stacks there may hold millions of chunks.
+    leftovers = [*out_dir.glob(".*.partial*"), *(out_dir / RECORDS_DIR).rglob(".*.partial*")]
+    for leftover in leftovers:
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
 
 
 def run_item(
