@@ -80,6 +80,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cluster.add_argument(
         "--scheduler", default=None, metavar="ADDRESS", help="Run on a Dask scheduler (tcp://...)."
     )
+    parser.add_argument(
+        "--worker-threads",
+        type=int,
+        default=None,
+        metavar="T",
+        help="CPU threads per Dask worker (default: as many as a single-process run uses here, "
+        "which gives identical results). Other counts may change scores in the last digits.",
+    )
     parser.add_argument("--quiet", action="store_true", help="No progress bar.")
     parser.set_defaults(func=main)
 
@@ -105,6 +113,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         )
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be 1 or more, got {args.workers}.")
+    if args.worker_threads is not None and args.worker_threads < 1:
+        raise UsageError(f"--worker-threads must be 1 or more, got {args.worker_threads}.")
     if args.label_value is not None and not 1 <= args.label_value <= 65535:
         raise UsageError(f"--label-value must be in 1..65535, got {args.label_value}.")
     if args.instances and not hasattr(PerSAM, "segment_instances"):
@@ -241,7 +251,7 @@ def _run_distributed(
     dtype: Any,
     progress: Any,
 ) -> list[dict[str, Any]]:
-    from napari_persam.core.distributed import DaskRunner, ModelRequest, default_torch_threads
+    from napari_persam.core.distributed import DaskRunner, ModelRequest
 
     folder = cache_folder(args)
     request = ModelRequest(
@@ -251,7 +261,9 @@ def _run_distributed(
         config_json=json.dumps(dataclasses.asdict(config)),
         cache_dir=os.path.abspath(folder) if folder is not None else None,
         cache_max_bytes=cache_max_bytes(args),
-        torch_threads=default_torch_threads(args.workers) if args.workers else None,
+        # Same thread count as a single-process run here: sums then add up in the same order
+        # and the files are bit for bit the same (Dask itself starts workers with 1 thread).
+        torch_threads=args.worker_threads or _torch_threads(),
     )
     try:
         runner = DaskRunner(workers=args.workers, scheduler=args.scheduler)
@@ -269,6 +281,12 @@ def _run_distributed(
         return _drain(work, progress)
     finally:
         runner.__exit__(None, None, None)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def _drain(work: Any, progress: Any) -> list[dict[str, Any]]:

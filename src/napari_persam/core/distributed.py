@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Sequence
@@ -62,7 +61,10 @@ class ModelRequest:
     cache_max_bytes : int
         The disk cache's size cap.
     torch_threads : int or None
-        CPU threads per worker process (``None`` keeps torch's default).
+        CPU threads per worker process (``None`` keeps the worker's setting; Dask
+        starts workers with one). Another thread count than the single-process
+        run's changes the order of floating-point sums, so scores may then differ
+        in the last bits.
     """
 
     name: str
@@ -199,7 +201,7 @@ class DaskRunner:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,  # failures are reported per item,
         )
         self.client = Client(self.cluster)
         return self
@@ -269,7 +271,3 @@ class DaskRunner:
             )
         return [record for record in records if record is not None]
 
-
-def default_torch_threads(workers: int) -> int:
-    """CPU threads per local worker so that the workers together use the machine's cores."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
