@@ -270,4 +270,3 @@ class DaskRunner:
                 done, len(items), f"{record['status']}: {items[position].label}", position, record
             )
         return [record for record in records if record is not None]
-
