@@ -138,7 +138,7 @@ def test_wrong_model_error_names_both_models(engine, rng, tmp_path):
         content.check_model(model_name="tiny", model_fingerprint=other.fingerprint)
     message = str(error.value)
     assert engine.fingerprint[:12] in message and other.fingerprint[:12] in message
-    with pytest.raises(ValueError, match="'tiny'.*'vit_b'"):
+    with pytest.raises(ValueError, match=r"'tiny'.*'vit_b'"):
         content.check_model(model_name="vit_b", model_fingerprint=engine.fingerprint)
     with pytest.raises(ValueError, match="checkpoint"):
         dataclasses.replace(content, checkpoint_sha256="aa" * 32).check_model(
