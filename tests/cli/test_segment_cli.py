@@ -57,6 +57,7 @@ def _report(out: Path) -> dict:
     return json.loads((out / "report.json").read_text())
 
 
+@pytest.mark.slow
 def test_folder_and_stack_end_to_end_then_resume(data, tmp_path):
     out = tmp_path / "out"
     targets = ["--targets", str(data / "images"), str(data / "stack.tif")]
@@ -91,6 +92,7 @@ def test_folder_and_stack_end_to_end_then_resume(data, tmp_path):
     assert again == first  # skipped items keep their earlier numbers
 
 
+@pytest.mark.slow
 def test_concept_file_zarr_stack_and_label_value(data, tmp_path):
     concept = tmp_path / "concept.npz"
     assert main(["learn", *_references(data), "--out", str(concept), "--model", "tiny",
@@ -111,6 +113,7 @@ def test_concept_file_zarr_stack_and_label_value(data, tmp_path):
     np.testing.assert_array_equal(labels == 3, direct == 1)
 
 
+@pytest.mark.slow
 def test_second_run_reads_embeddings_from_the_cache(data, tmp_path, monkeypatch):
     from napari_persam.core import persam
 
@@ -147,6 +150,7 @@ def test_failed_inputs_are_named_and_the_rest_written(data, tmp_path, capsys):
     assert failed["input"].endswith("broken.png") and "error" in failed
 
 
+@pytest.mark.slow
 def test_killed_run_then_clean_rerun(data, tmp_path):
     out = tmp_path / "out"
     script = textwrap.dedent(

@@ -15,6 +15,7 @@ from napari_persam.core.batch import (
     iter_run_local,
     output_dtype,
     plan_items,
+    prepare_outputs,
     run_item,
 )
 from napari_persam.core.batch_io import (
@@ -103,10 +104,10 @@ def test_instances_are_written_as_int32_tiff(tmp_path):
     image[2:5, 3:6] = 1000
     tifffile.imwrite(tmp_path / "a.tif", image)
     options = SegmentOptions(instances=True)
-    dtype = output_dtype({1: CONCEPT}, options)
+    dtype = output_dtype([1], options)
     assert dtype == np.int32
     (item,), _ = plan_items(
-        resolve_targets([str(tmp_path / "a.tif")]), tmp_path / "out", options=options, dtype=dtype
+        resolve_targets([str(tmp_path / "a.tif")]), tmp_path / "out", options=options
     )
     record = run_item(FakeEngine(), {1: CONCEPT}, item, options=options, dtype=dtype)
     labels = tifffile.imread(tmp_path / "out" / "a.tif")
@@ -119,11 +120,13 @@ def test_propagation_is_one_task_writing_every_slice(tmp_path):
     stack[:, 2:4, 2:4] = 200
     tifffile.imwrite(tmp_path / "s.tif", stack)
     options = SegmentOptions(propagate=True)
-    dtype = output_dtype({5: CONCEPT}, options)
+    dtype = output_dtype([5], options)
     items, failures = plan_items(
-        resolve_targets([str(tmp_path / "s.tif")]), tmp_path / "out", options=options, dtype=dtype
+        resolve_targets([str(tmp_path / "s.tif")]), tmp_path / "out", options=options
     )
     assert failures == [] and len(items) == 1 and items[0].index is None
+    items, failures = prepare_outputs(items, tmp_path / "out", dtype=dtype)
+    assert failures == [] and len(items) == 1
     (record,) = run(iter_run_local(FakeEngine(), {5: CONCEPT}, items, options=options, dtype=dtype))
     labels = zarr.open_array(str(tmp_path / "out" / "s.zarr"), mode="r")[...]
     np.testing.assert_array_equal(labels, np.where(stack > 100, 5, 0))
@@ -135,10 +138,11 @@ def test_foreign_zarr_at_the_output_is_left_alone(tmp_path):
     tifffile.imwrite(tmp_path / "s.tif", np.zeros((2, 8, 9), np.uint8))
     foreign = zarr.create_array(store=str(tmp_path / "out" / "s.zarr"), data=np.ones((2, 8, 9)))
     options = SegmentOptions()
-    items, failures = plan_items(
-        resolve_targets([str(tmp_path / "s.tif")]), tmp_path / "out", options=options,
-        dtype=np.dtype(np.uint8),
-    )  # fmt: skip
+    planned, failures = plan_items(
+        resolve_targets([str(tmp_path / "s.tif")]), tmp_path / "out", options=options
+    )
+    assert len(planned) == 2 and failures == []
+    items, failures = prepare_outputs(planned, tmp_path / "out", dtype=np.dtype(np.uint8))
     assert items == []
     (failure,) = failures
     assert failure["status"] == "failed" and "already exists" in failure["error"]

@@ -139,6 +139,7 @@ def _segment(args: argparse.Namespace) -> int:
         iter_run_local,
         output_dtype,
         plan_items,
+        prepare_outputs,
         write_report,
     )
     from napari_persam.core.batch_io import TargetError, resolve_targets
@@ -174,10 +175,9 @@ def _segment(args: argparse.Namespace) -> int:
     if options.instances and len(concepts) > 1:
         raise UsageError("--instances takes a concept file of one concept.")
 
-    dtype = output_dtype(concepts or {label_value: None}, options)  # type: ignore[dict-item]
-    os.makedirs(args.out, exist_ok=True)
+    dtype = output_dtype(list(concepts) or [label_value], options)
     try:
-        items, failures = plan_items(targets, args.out, options=options, dtype=dtype)
+        items, failures = plan_items(targets, args.out, options=options)
     except ValueError as error:
         raise UsageError(str(error)) from error
 
@@ -203,29 +203,22 @@ def _segment(args: argparse.Namespace) -> int:
     if concept_file is not None and engine is not None:
         _check_model(concept_file, model_name, engine.fingerprint, args.concept)
 
-    progress = _progress_bar(len(items), quiet=args.quiet)
-    try:
-        if not distributed:
-            assert engine is not None
+    if not distributed:
+        assert engine is not None
+        items, blocked = prepare_outputs(items, args.out, dtype=dtype)
+        progress = _progress_bar(len(items), quiet=args.quiet)
+        try:
             work = iter_run_local(engine, concepts, items, options=options, dtype=np.dtype(dtype))
             records = _drain(work, progress)
-        else:
-            concept_bytes = concepts_to_bytes(concepts, config=config)
-            records = _run_distributed(
-                args,
-                model_name,
-                config,
-                concept_bytes,
-                concept_file,
-                items,
-                options,
-                dtype,
-                progress,
-            )
-    finally:
-        progress.close()
+        finally:
+            progress.close()
+    else:
+        concept_bytes = concepts_to_bytes(concepts, config=config)
+        blocked, records = _run_distributed(
+            args, model_name, config, concept_bytes, concept_file, items, options, dtype
+        )
 
-    records = failures + records
+    records = failures + blocked + records
     run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report = write_report(args.out, records, run=run_info)
     return _summarize(records, report)
@@ -249,8 +242,9 @@ def _run_distributed(
     items: list,
     options: Any,
     dtype: Any,
-    progress: Any,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Check the model on a worker, then run; returns (blocked outputs, item records)."""
+    from napari_persam.core.batch import prepare_outputs
     from napari_persam.core.distributed import DaskRunner, ModelRequest
 
     folder = cache_folder(args)
@@ -277,8 +271,13 @@ def _run_distributed(
             raise UsageError(f"The workers cannot load the model: {error}") from error
         if concept_file is not None:
             _check_model(concept_file, name, fingerprint, args.concept)
-        work = runner.iter_run(request, concept_bytes, items, options=options, dtype=dtype)
-        return _drain(work, progress)
+        items, blocked = prepare_outputs(items, args.out, dtype=dtype)
+        progress = _progress_bar(len(items), quiet=args.quiet)
+        try:
+            work = runner.iter_run(request, concept_bytes, items, options=options, dtype=dtype)
+            return blocked, _drain(work, progress)
+        finally:
+            progress.close()
     finally:
         runner.__exit__(None, None, None)
 

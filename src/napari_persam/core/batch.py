@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,11 +97,11 @@ class SegmentOptions:
     propagate: bool = False
 
 
-def output_dtype(concepts: Mapping[int, Concept], options: SegmentOptions) -> np.dtype:
+def output_dtype(label_values: Iterable[int], options: SegmentOptions) -> np.dtype:
     """Label dtype: int32 for instances, else the smallest unsigned type for the label values."""
     if options.instances:
         return np.dtype(np.int32)
-    return np.dtype(np.uint8 if max(concepts) <= 255 else np.uint16)
+    return np.dtype(np.uint8 if max(label_values) <= 255 else np.uint16)
 
 
 def plan_items(
@@ -109,16 +109,14 @@ def plan_items(
     out_dir: str | os.PathLike,
     *,
     options: SegmentOptions,
-    dtype: np.dtype,
 ) -> tuple[list[WorkItem], list[dict[str, Any]]]:
     """Work items for ``targets`` and failure records for inputs that cannot be planned.
 
-    Creates (or checks, when resuming) the zarr array of every stack. Output names
-    must be unique and must not be an input: both raise ValueError (a bad argument).
+    Writes nothing (see :func:`prepare_outputs`). Output names must be unique and
+    must not be an input: both raise ValueError (a bad argument).
     """
     out = Path(out_dir)
     records = out / RECORDS_DIR
-    remove_partial_files(out)
     inputs = {os.path.abspath(target.path) for target in targets}
     seen: dict[str, str] = {}
     items: list[WorkItem] = []
@@ -143,7 +141,6 @@ def plan_items(
             continue
         try:
             shape = stack_shape(target)
-            create_label_stack(output, shape=tuple(shape[:3]), dtype=dtype, source=target.path)
         except Exception as error:
             failures.append(_failure_record(target.path, None, output, error))
             continue
@@ -155,6 +152,35 @@ def plan_items(
             record = str(records / f"{target.name}.zarr" / f"{index}.json")
             items.append(WorkItem(target, index, output, record))
     return items, failures
+
+
+def prepare_outputs(
+    items: Sequence[WorkItem], out_dir: str | os.PathLike, *, dtype: np.dtype
+) -> tuple[list[WorkItem], list[dict[str, Any]]]:
+    """Create (or check, when resuming) the zarr array of every stack; clean up leftovers.
+
+    Returns the items that can run and one failure record per stack whose output
+    path holds something else (it is left untouched, and its items are dropped).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(out)
+    blocked: set[str] = set()
+    failures: list[dict[str, Any]] = []
+    prepared: set[str] = set()
+    for item in items:
+        if not item.target.is_stack or item.output in prepared or item.output in blocked:
+            continue
+        try:
+            shape = stack_shape(item.target)
+            create_label_stack(
+                item.output, shape=tuple(shape[:3]), dtype=dtype, source=item.target.path
+            )
+            prepared.add(item.output)
+        except Exception as error:
+            blocked.add(item.output)
+            failures.append(_failure_record(item.target.path, None, item.output, error))
+    return [item for item in items if item.output not in blocked], failures
 
 
 def remove_partial_files(out_dir: Path) -> None:
