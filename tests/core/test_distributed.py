@@ -95,3 +95,10 @@ def test_two_local_workers_equal_one_process(tmp_path, rng, monkeypatch, capsys)
     for name in one:
         np.testing.assert_array_equal(one[name], two[name])
     assert any(array.any() for array in one.values())  # something was segmented
+
+
+def test_unreachable_scheduler_gives_a_clear_error():
+    runner = DaskRunner(scheduler="tcp://127.0.0.1:9", timeout_s=1)
+    with pytest.raises(ValueError, match="Could not reach the Dask scheduler"):
+        with runner:
+            pass
