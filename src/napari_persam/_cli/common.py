@@ -50,10 +50,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="Model name: vit_b (default), vit_l, vit_h, or tiny (a small random model for "
-        "tests and demos: fast, needs no checkpoint, meaningless masks).",
+        help="Model name: vit_b (default; with --concept, the concept's model), vit_l, vit_h, "
+        "or tiny (a small random model for tests and demos: fast, needs no checkpoint, "
+        "meaningless masks).",
     )
-    parser.add_argument("--checkpoint", default=None, help="Checkpoint file of the model (.pth).")
+    parser.add_argument(
+        "--checkpoint", default=None, metavar="FILE", help="Checkpoint file of the model (.pth)."
+    )
     parser.add_argument(
         "--device", default="auto", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda..."
     )
@@ -77,6 +80,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-max-gb",
         type=float,
+        metavar="GB",
         default=4.0,
         help="Size cap of the embedding cache in GB (least recently used entries go first).",
     )
@@ -89,7 +93,11 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
         help="PerSAM-F: fit the weights of SAM's three masks to the reference masks.",
     )
     parser.add_argument(
-        "--finetune-steps", type=int, default=None, help="PerSAM-F steps (default 1000)."
+        "--finetune-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="PerSAM-F steps (default 1000).",
     )
 
 

@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--label-value",
         type=int,
+        metavar="N",
         default=1,
         help="Label value the concept paints in segmentations (default 1).",
     )
@@ -68,9 +69,9 @@ def _learn(args: argparse.Namespace) -> int:
     model_name = args.model or DEFAULT_MODEL
     config = build_config(args)
     checkpoint_sha256 = file_sha256(args.checkpoint) if args.checkpoint else None
-    engine = load_engine(
-        args, model_name=model_name, config=config, checkpoint_sha256=checkpoint_sha256
-    )
+    # The cache is keyed by the model fingerprint alone, as in `segment`, so both share
+    # entries; the checkpoint hash is recorded in the concept file.
+    engine = load_engine(args, model_name=model_name, config=config)
     concept = learn_concept(engine, pairs, finetune=args.finetune)
     written = save_concept(
         concept,

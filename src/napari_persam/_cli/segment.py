@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--label-value",
         type=int,
+        metavar="N",
         default=None,
         help="Label value painted for the object (default 1, or the concept file's).",
     )
@@ -75,7 +76,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_arguments(parser)
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument(
-        "--workers", type=int, default=None, help="Run on a local Dask cluster of N processes."
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Run on a local Dask cluster of N processes.",
     )
     cluster.add_argument(
         "--scheduler", default=None, metavar="ADDRESS", help="Run on a Dask scheduler (tcp://...)."
