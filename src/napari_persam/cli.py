@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from napari_persam import __version__
 
 # Subcommand modules, in the order `--help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("models", "evaluate")
+SUBCOMMANDS: tuple[str, ...] = ("learn", "segment", "evaluate", "models")
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1

@@ -1,0 +1,328 @@
+"""``napari-persam segment``: segment a concept in many images or stacks, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from napari_persam._cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    UsageError,
+    add_finetune_arguments,
+    add_model_arguments,
+    add_reference_arguments,
+    build_config,
+    cache_folder,
+    cache_max_bytes,
+    fail,
+    learn_concept,
+    load_engine,
+    reference_pairs,
+)
+from napari_persam.core.models import DEFAULT_MODEL
+
+COMMAND = "segment"
+STACK_MODES = ("independent", "propagate")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        COMMAND,
+        help="Segment a learned concept in images, folders, TIFF stacks and zarr arrays.",
+        description="Segment the object of the references (or of a concept file) in every "
+        "target. Writes one label image per input image (same name, TIFF or PNG), one zarr "
+        "array per stack, and report.json into --out. Finished outputs are skipped when the "
+        "command is run again. Exit codes: 0 all done, 1 some inputs failed (each named), "
+        "2 bad arguments.",
+    )
+    add_reference_arguments(parser)
+    parser.add_argument(
+        "--concept", default=None, metavar="FILE", help="Concept file from napari-persam learn."
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="Image files, glob patterns (quote them), folders, TIFF stacks or zarr arrays.",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="Output folder.")
+    parser.add_argument(
+        "--label-value",
+        type=int,
+        metavar="N",
+        default=None,
+        help="Label value painted for the object (default 1, or the concept file's).",
+    )
+    parser.add_argument(
+        "--instances",
+        action="store_true",
+        help="Label each object separately (instance labels, int32).",
+    )
+    parser.add_argument(
+        "--stack-mode",
+        choices=STACK_MODES,
+        default="independent",
+        help="independent: each slice on its own (default, parallel); propagate: carry the "
+        "object from slice to slice.",
+    )
+    add_finetune_arguments(parser)
+    add_model_arguments(parser)
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Run on a local Dask cluster of N processes.",
+    )
+    cluster.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS", help="Run on a Dask scheduler (tcp://...)."
+    )
+    parser.add_argument(
+        "--worker-threads",
+        type=int,
+        default=None,
+        metavar="T",
+        help="CPU threads per Dask worker (default: as many as a single-process run uses here, "
+        "which gives identical results). Other counts may change scores in the last digits.",
+    )
+    parser.add_argument("--quiet", action="store_true", help="No progress bar.")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return _segment(args)
+    except UsageError as error:
+        return fail(COMMAND, str(error))
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    from napari_persam.core.persam import PerSAM
+
+    if args.concept and (args.reference or args.mask):
+        raise UsageError("give either --concept or --reference/--mask pairs, not both.")
+    if not args.concept and not args.reference:
+        raise UsageError("give --concept FILE or at least one --reference IMG --mask MASK pair.")
+    if args.concept and args.finetune:
+        raise UsageError(
+            "--finetune needs the reference images, which a concept file does not hold; "
+            "fine-tune when learning (napari-persam learn --finetune) or pass --reference/--mask."
+        )
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be 1 or more, got {args.workers}.")
+    if args.worker_threads is not None and args.worker_threads < 1:
+        raise UsageError(f"--worker-threads must be 1 or more, got {args.worker_threads}.")
+    if args.label_value is not None and not 1 <= args.label_value <= 65535:
+        raise UsageError(f"--label-value must be in 1..65535, got {args.label_value}.")
+    if args.instances and not hasattr(PerSAM, "segment_instances"):
+        raise UsageError(
+            "--instances needs instance segmentation (PerSAM.segment_instances), which this "
+            "version of napari-persam does not have; leave out --instances."
+        )
+    if args.stack_mode == "propagate" and not hasattr(PerSAM, "segment_stack"):
+        raise UsageError(
+            "--stack-mode propagate needs stack propagation (PerSAM.segment_stack), which this "
+            "version of napari-persam does not have; use --stack-mode independent."
+        )
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out!r} is a file; name a folder (it is created).")
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_persam.core.batch import (
+        SegmentOptions,
+        iter_run_local,
+        output_dtype,
+        plan_items,
+        prepare_outputs,
+        write_report,
+    )
+    from napari_persam.core.batch_io import TargetError, resolve_targets
+    from napari_persam.core.concept_io import concepts_to_bytes, read_concept_file
+
+    _check_arguments(args)
+    try:
+        targets = resolve_targets(args.targets)
+    except TargetError as error:
+        raise UsageError(str(error)) from error
+    options = SegmentOptions(instances=args.instances, propagate=args.stack_mode == "propagate")
+
+    concept_file = None
+    if args.concept:
+        try:
+            concept_file = read_concept_file(args.concept)
+        except (OSError, ValueError) as error:
+            raise UsageError(str(error)) from error
+        model_name = args.model or concept_file.model_name or DEFAULT_MODEL
+        config = build_config(args, concept_file.config)
+        concepts = dict(concept_file.concepts)
+        if args.label_value is not None:
+            if len(concepts) != 1:
+                raise UsageError("--label-value applies to concept files of one concept.")
+            concepts = {args.label_value: next(iter(concepts.values()))}
+        pairs: list[tuple[str, str]] = []
+    else:
+        pairs = reference_pairs(args)
+        model_name = args.model or DEFAULT_MODEL
+        config = build_config(args)
+        concepts = {}
+    label_value = args.label_value or 1
+    if options.instances and len(concepts) > 1:
+        raise UsageError("--instances takes a concept file of one concept.")
+
+    dtype = output_dtype(list(concepts) or [label_value], options)
+    try:
+        items, failures = plan_items(targets, args.out, options=options)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+    run_info: dict[str, Any] = {
+        "model": model_name,
+        "checkpoint": args.checkpoint,
+        "concept": args.concept,
+        "references": [list(pair) for pair in pairs],
+        "finetune": bool(args.finetune),
+        "instances": options.instances,
+        "stack_mode": args.stack_mode,
+        "workers": args.workers,
+        "scheduler": args.scheduler,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    distributed = args.workers is not None or args.scheduler is not None
+    engine = None
+    if pairs or not distributed:
+        engine = load_engine(args, model_name=model_name, config=config)
+    if pairs:
+        assert engine is not None
+        concepts = {label_value: learn_concept(engine, pairs, finetune=args.finetune)}
+    if concept_file is not None and engine is not None:
+        _check_model(concept_file, model_name, engine.fingerprint, args.concept)
+
+    if not distributed:
+        assert engine is not None
+        items, blocked = prepare_outputs(items, args.out, dtype=dtype)
+        progress = _progress_bar(len(items), quiet=args.quiet)
+        try:
+            work = iter_run_local(engine, concepts, items, options=options, dtype=np.dtype(dtype))
+            records = _drain(work, progress)
+        finally:
+            progress.close()
+    else:
+        concept_bytes = concepts_to_bytes(concepts, config=config)
+        blocked, records = _run_distributed(
+            args, model_name, config, concept_bytes, concept_file, items, options, dtype
+        )
+
+    records = failures + blocked + records
+    run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report = write_report(args.out, records, run=run_info)
+    return _summarize(records, report)
+
+
+def _check_model(concept_file: Any, model_name: str, fingerprint: str, source: str) -> None:
+    try:
+        concept_file.check_model(
+            model_name=model_name, model_fingerprint=fingerprint, source=f"Concept file {source!r}"
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+def _run_distributed(
+    args: argparse.Namespace,
+    model_name: str,
+    config: Any,
+    concept_bytes: bytes,
+    concept_file: Any,
+    items: list,
+    options: Any,
+    dtype: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Check the model on a worker, then run; returns (blocked outputs, item records)."""
+    from napari_persam.core.batch import prepare_outputs
+    from napari_persam.core.distributed import DaskRunner, ModelRequest
+
+    folder = cache_folder(args)
+    request = ModelRequest(
+        name=model_name,
+        checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else None,
+        device=None if args.device == "auto" else args.device,
+        config_json=json.dumps(dataclasses.asdict(config)),
+        cache_dir=os.path.abspath(folder) if folder is not None else None,
+        cache_max_bytes=cache_max_bytes(args),
+        # Same thread count as a single-process run here: sums then add up in the same order
+        # and the files are bit for bit the same (Dask itself starts workers with 1 thread).
+        torch_threads=args.worker_threads or _torch_threads(),
+    )
+    try:
+        runner = DaskRunner(workers=args.workers, scheduler=args.scheduler)
+        runner.__enter__()
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    try:
+        try:
+            name, fingerprint = runner.model_identity(request)
+        except (ValueError, FileNotFoundError) as error:
+            raise UsageError(f"The workers cannot load the model: {error}") from error
+        if concept_file is not None:
+            _check_model(concept_file, name, fingerprint, args.concept)
+        items, blocked = prepare_outputs(items, args.out, dtype=dtype)
+        progress = _progress_bar(len(items), quiet=args.quiet)
+        try:
+            work = runner.iter_run(request, concept_bytes, items, options=options, dtype=dtype)
+            return blocked, _drain(work, progress)
+        finally:
+            progress.close()
+    finally:
+        runner.__exit__(None, None, None)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _drain(work: Any, progress: Any) -> list[dict[str, Any]]:
+    from napari_persam.core.progress import run
+
+    def show(step: Any) -> None:
+        progress.update(1)
+        record = step.result
+        if record is not None and record["status"] == "failed":
+            progress.write(f"failed: {record['input']}: {record['error']}", file=sys.stderr)
+
+    return run(work, on_progress=show)
+
+
+def _progress_bar(total: int, *, quiet: bool) -> Any:
+    from tqdm import tqdm
+
+    # disable=None hides the bar when stderr is not a terminal (logs, CI).
+    return tqdm(total=total, unit="item", file=sys.stderr, disable=True if quiet else None)
+
+
+def _summarize(records: list[dict[str, Any]], report: Any) -> int:
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    failed = [record for record in records if record["status"] == "failed"]
+    for record in failed:
+        where = record["input"] + ("" if record.get("slice") is None else f"[{record['slice']}]")
+        print(f"FAILED {where}: {record['error']}", file=sys.stderr)
+    print(
+        f"{counts['ok']} segmented, {counts['skipped']} already done, {counts['failed']} failed; "
+        f"report: {report}",
+        file=sys.stderr,
+    )
+    return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -1,0 +1,272 @@
+"""Running batch segmentation on a Dask cluster (``dask.distributed``).
+
+One task per image or slice. What travels to the workers is plain data: a
+:class:`ModelRequest` (model name, checkpoint path, device, engine options) and
+the bytes of a concept file. Each worker process builds the model once per
+request and keeps it (a per-process registry keyed by the request), reads its
+own inputs and writes its own outputs with :func:`napari_persam.core.batch.run_item`,
+the function a single-process run uses, so both give the same files.
+
+Workers must see the same paths as the machine that starts the run (inputs,
+``--out``, the checkpoint and the cache folder): local clusters always do; for a
+remote scheduler use a shared file system.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_persam.core.batch import (
+    SegmentOptions,
+    WorkItem,
+    failure_record,
+    run_item,
+    skipped_record,
+)
+from napari_persam.core.progress import Progress, ProgressGenerator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_persam.core.concept import Concept
+    from napari_persam.core.persam import PerSAM
+
+#: How often a failed task runs again before it is reported as failed.
+TASK_RETRIES = 1
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """Everything a worker needs to build the same engine as the caller (hashable data).
+
+    Attributes
+    ----------
+    name : str
+        Model registry name.
+    checkpoint : str or None
+        Checkpoint path as seen by the workers.
+    device : str or None
+        ``None`` lets each worker pick its best device.
+    config_json : str
+        :class:`PerSAMConfig` fields as JSON.
+    cache_dir : str or None
+        Shared :class:`DiskEmbeddingCache` folder; ``None`` for no disk cache.
+    cache_max_bytes : int
+        The disk cache's size cap.
+    torch_threads : int or None
+        CPU threads per worker process (``None`` keeps the worker's setting; Dask
+        starts workers with one). Another thread count than the single-process
+        run's changes the order of floating-point sums, so scores may then differ
+        in the last bits.
+    """
+
+    name: str
+    checkpoint: str | None = None
+    device: str | None = None
+    config_json: str = "{}"
+    cache_dir: str | None = None
+    cache_max_bytes: int = 4 * 1024**3
+    torch_threads: int | None = None
+
+
+# Per-process registries: a worker keeps its engine (and parsed concepts) across tasks.
+_ENGINES: dict[ModelRequest, PerSAM] = {}
+_CONCEPTS: dict[str, dict[int, Concept]] = {}
+_LOCK = threading.Lock()
+
+
+def engine_for(request: ModelRequest) -> PerSAM:
+    """The engine for ``request`` in this process, built on first use."""
+    with _LOCK:
+        engine = _ENGINES.get(request)
+        if engine is None:
+            engine = _build_engine(request)
+            _ENGINES[request] = engine
+        return engine
+
+
+def _build_engine(request: ModelRequest) -> PerSAM:
+    import torch
+
+    from napari_persam.core.config import PerSAMConfig
+    from napari_persam.core.disk_cache import DiskEmbeddingCache
+    from napari_persam.core.embeddings import EmbeddingCache
+    from napari_persam.core.models import iter_load_model
+    from napari_persam.core.persam import PerSAM
+    from napari_persam.core.progress import run
+
+    if request.torch_threads is not None:
+        torch.set_num_threads(request.torch_threads)
+    options = json.loads(request.config_json)
+    if options.get("channels") is not None:
+        options["channels"] = tuple(options["channels"])
+    config = PerSAMConfig(**options)
+    sam = run(iter_load_model(request.name, checkpoint=request.checkpoint, device=request.device))
+    device = next(sam.parameters()).device
+    cache: Any = EmbeddingCache(config.cache_size)
+    if request.cache_dir is not None:
+        cache = DiskEmbeddingCache(
+            request.cache_dir, max_bytes=request.cache_max_bytes, device=device, memory=cache
+        )
+    return PerSAM(sam, config=config, device=device, cache=cache, model_name=request.name)
+
+
+def concepts_from_bytes(payload: bytes) -> dict[int, Concept]:
+    """Parsed concepts of a concept file's bytes, parsed once per process."""
+    from napari_persam.core.concept_io import concept_file_from_bytes
+
+    digest = hashlib.sha256(payload).hexdigest()
+    with _LOCK:
+        concepts = _CONCEPTS.get(digest)
+        if concepts is None:
+            concepts = concept_file_from_bytes(payload).concepts
+            _CONCEPTS[digest] = concepts
+        return concepts
+
+
+def model_identity(request: ModelRequest) -> tuple[str, str]:
+    """(model name, fingerprint) of the engine a worker builds (checked before a run)."""
+    engine = engine_for(request)
+    return engine.model_name, engine.fingerprint
+
+
+def segment_task(
+    request: ModelRequest,
+    concept_bytes: bytes,
+    item: WorkItem,
+    options: SegmentOptions,
+    dtype: str,
+) -> dict[str, Any]:
+    """One Dask task: segment ``item`` on this worker and write its output."""
+    return run_item(
+        engine_for(request),
+        concepts_from_bytes(concept_bytes),
+        item,
+        options=options,
+        dtype=np.dtype(dtype),
+    )
+
+
+class DaskRunner:
+    """A Dask client for a run: a local cluster of worker processes, or an existing scheduler.
+
+    Parameters
+    ----------
+    workers : int, optional
+        Start a :class:`distributed.LocalCluster` of this many single-threaded
+        worker processes listening on 127.0.0.1 only.
+    scheduler : str, optional
+        Address of an existing scheduler (``tcp://HOST:PORT``).
+    timeout_s : float
+        How long to wait for the scheduler.
+
+    Use as a context manager; the local cluster is shut down on exit.
+    """
+
+    def __init__(
+        self, *, workers: int | None = None, scheduler: str | None = None, timeout_s: float = 30
+    ) -> None:
+        if (workers is None) == (scheduler is None):
+            raise ValueError("Give either workers (a local cluster) or scheduler (an address).")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be 1 or more, got {workers}.")
+        self.workers = workers
+        self.scheduler = scheduler
+        self.timeout_s = timeout_s
+        self.cluster: Any = None
+        self.client: Any = None
+
+    def __enter__(self) -> DaskRunner:
+        from distributed import Client, LocalCluster
+
+        if self.scheduler is not None:
+            try:
+                self.client = Client(self.scheduler, timeout=self.timeout_s)
+            except OSError as error:
+                raise ValueError(
+                    f"Could not reach the Dask scheduler at {self.scheduler!r} ({error}); "
+                    "check the address (tcp://HOST:PORT) and that the scheduler runs."
+                ) from error
+            return self
+        self.cluster = LocalCluster(
+            n_workers=self.workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,  # failures are reported per item,
+        )
+        self.client = Client(self.cluster)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def model_identity(self, request: ModelRequest) -> tuple[str, str]:
+        """Build the model on one worker and return its (name, fingerprint)."""
+        return self.client.submit(model_identity, request, pure=False).result()
+
+    def iter_run(
+        self,
+        request: ModelRequest,
+        concept_bytes: bytes,
+        items: Sequence[WorkItem],
+        *,
+        options: SegmentOptions,
+        dtype: np.dtype,
+    ) -> ProgressGenerator[list[dict[str, Any]]]:
+        """Run ``items`` on the cluster; yields progress as tasks finish, returns records.
+
+        Items finished by an earlier run are skipped without a task. A task that
+        raises is run once more (``TASK_RETRIES``) and then recorded as failed.
+        """
+        from distributed import as_completed
+
+        records: list[dict[str, Any] | None] = [None] * len(items)
+        done = 0
+        pending = {}
+        concept_future = self.client.scatter(concept_bytes, broadcast=True)
+        run_id = uuid.uuid4().hex[:8]
+        for position, item in enumerate(items):
+            if item.is_finished():
+                records[position] = skipped_record(item)
+                done += 1
+                yield Progress(
+                    done, len(items), f"skipped: {item.label}", position, records[position]
+                )
+                continue
+            future = self.client.submit(
+                segment_task,
+                request,
+                concept_future,
+                item,
+                options,
+                dtype.str,
+                key=f"persam-{run_id}-{position}",
+                retries=TASK_RETRIES,
+                pure=False,
+            )
+            pending[future] = position
+        for future in as_completed(list(pending)):
+            position = pending[future]
+            try:
+                record = future.result()
+            except Exception as error:
+                record = failure_record(items[position], error)
+                record["error"] += f" (failed {TASK_RETRIES + 1} times)"
+            records[position] = record
+            done += 1
+            yield Progress(
+                done, len(items), f"{record['status']}: {items[position].label}", position, record
+            )
+        return [record for record in records if record is not None]

@@ -1,0 +1,83 @@
+"""``napari-persam learn``: concept files from references, bad arguments exit with 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_persam.cli import main
+from napari_persam.core.concept_io import read_concept_file
+
+
+@pytest.fixture
+def reference(tmp_path, rng) -> tuple[Path, Path]:
+    image = (rng.random((40, 52)) * 60).astype(np.uint8)
+    image[8:24, 10:30] = 210
+    mask = np.zeros((40, 52), dtype=np.uint8)
+    mask[8:24, 10:30] = 255
+    Image.fromarray(image).save(tmp_path / "reference.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    return tmp_path / "reference.png", tmp_path / "mask.png"
+
+
+def _learn(reference: tuple[Path, Path], out: Path, *extra: str) -> int:
+    image, mask = reference
+    return main(
+        [
+            "learn", "--reference", str(image), "--mask", str(mask), "--out", str(out),
+            "--model", "tiny", "--device", "cpu", "--no-cache", *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_learn_writes_a_concept_file(reference, tmp_path, tiny_sam):
+    from napari_persam.core.embeddings import model_fingerprint
+
+    assert _learn(reference, tmp_path / "cells", "--label-value", "4") == 0
+    content = read_concept_file(tmp_path / "cells.npz")
+    assert content.model_name == "tiny"
+    assert content.model_fingerprint == model_fingerprint(tiny_sam)
+    assert content.label_values == [4]
+    assert content.config is not None
+    (concept,) = content.concepts.values()
+    assert concept.target_embedding.shape == (256,)
+    assert not concept.is_finetuned
+
+
+def test_learn_finetuned_and_overwrite_rules(reference, tmp_path, capsys):
+    out = tmp_path / "f.npz"
+    assert _learn(reference, out, "--finetune", "--finetune-steps", "5") == 0
+    (concept,) = read_concept_file(out).concepts.values()
+    assert concept.mask_weights is not None and concept.mask_weights.shape == (3,)
+    before = out.read_bytes()
+    assert _learn(reference, out) == 2
+    assert "exists" in capsys.readouterr().err
+    assert out.read_bytes() == before  # nothing the user made is overwritten
+    assert _learn(reference, out, "--overwrite") == 0
+
+
+def test_bad_arguments_exit_2_with_a_message(reference, tmp_path, capsys):
+    image, mask = reference
+    assert main(["learn", "--reference", str(image), "--out", str(tmp_path / "c")]) == 2
+    assert "1 --reference but 0 --mask" in capsys.readouterr().err
+    missing = ["--reference", str(tmp_path / "nope.png"), "--mask", str(mask)]
+    assert main(["learn", *missing, "--out", str(tmp_path / "c"), "--model", "tiny"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+    empty = tmp_path / "empty.png"
+    Image.fromarray(np.zeros((40, 52), dtype=np.uint8)).save(empty)
+    assert _learn((image, empty), tmp_path / "c") == 2
+    assert "mask is empty" in capsys.readouterr().err
+
+    args = ["learn", "--reference", str(image), "--mask", str(mask), "--out", str(tmp_path / "c")]
+    assert main([*args, "--model", "nonsense"]) == 2
+    assert "Unknown model 'nonsense'" in capsys.readouterr().err
+    assert main([*args, "--model", "vit_b"]) == 2
+    assert "No checkpoint given" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own checks
+        main(["learn", "--reference", str(image)])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "c.npz").exists()

@@ -1,0 +1,156 @@
+"""Batch runs without a model: finding targets, planning outputs, instance and stack wiring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from PIL import Image
+
+from napari_persam.core.batch import (
+    SegmentOptions,
+    iter_run_local,
+    output_dtype,
+    plan_items,
+    prepare_outputs,
+    run_item,
+)
+from napari_persam.core.batch_io import (
+    TargetError,
+    is_stack_shape,
+    read_mask,
+    read_slice,
+    resolve_targets,
+)
+from napari_persam.core.concept import Concept, Segmentation
+from napari_persam.core.progress import Progress, run
+
+CONCEPT = Concept(target_embedding=np.ones(4, np.float32), model_fingerprint="f" * 32)
+
+
+def _segmentation(mask: np.ndarray, score: float = 0.5) -> Segmentation:
+    return Segmentation(
+        mask=mask,
+        similarity=np.zeros(mask.shape, np.float32),
+        score=score,
+        points=np.zeros((1, 2)),
+        point_labels=np.ones(1, int),
+    )
+
+
+@dataclass
+class Instances:
+    labels: np.ndarray
+    score: float = 0.7
+
+
+class FakeEngine:
+    """Thresholds the image: enough to check what is read and written where."""
+
+    def segment(self, image, concept):
+        return _segmentation(np.asarray(image) > 100)
+
+    def segment_instances(self, image, concept):
+        labels = np.zeros(np.shape(image), np.int32)
+        labels[np.asarray(image) > 100] = 300  # more than uint8 holds
+        return Instances(labels)
+
+    def segment_stack(self, stack, concept):
+        for index in range(len(stack)):
+            yield Progress(index + 1, len(stack))
+        return [_segmentation(image > 100, 0.25) for image in stack]
+
+
+def test_resolve_targets_kinds_globs_folders_and_errors(tmp_path):
+    Image.fromarray(np.zeros((8, 9), np.uint8)).save(tmp_path / "b.png")
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 9, 3), np.uint8))
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((4, 8, 9), np.uint16))
+    zarr.create_array(store=str(tmp_path / "vol.zarr"), data=np.zeros((2, 8, 9), np.uint8))
+    group = zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    group.create_array("raw", data=np.zeros((2, 8, 9), np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    found = resolve_targets([str(tmp_path)])
+    assert [(t.name, t.kind) for t in found] == [
+        ("b", "image"),
+        ("rgb", "image"),
+        ("stack", "tiff_stack"),
+        ("vol", "zarr_stack"),
+    ]
+    assert [t.name for t in resolve_targets([str(tmp_path / "*.tif")])] == ["rgb", "stack"]
+    (inner,) = resolve_targets([str(tmp_path / "group.zarr" / "raw")])
+    assert inner.kind == "zarr_stack" and inner.name == "raw"
+    with pytest.raises(TargetError, match=r"zarr group.*raw"):
+        resolve_targets([str(tmp_path / "group.zarr")])
+    with pytest.raises(TargetError, match="not an image file"):
+        resolve_targets([str(tmp_path / "notes.txt")])
+    assert is_stack_shape((5, 8, 9)) and not is_stack_shape((8, 9, 3))
+
+
+def test_read_mask_handles_jpeg_and_rgb(tmp_path):
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    Image.fromarray(mask).save(tmp_path / "m.jpg", quality=70)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.jpg"), mask > 0)
+    Image.fromarray(np.stack([mask * 0, mask, mask * 0], -1)).save(tmp_path / "rgb.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "rgb.png"), mask > 0)
+
+
+def test_instances_are_written_as_int32_tiff(tmp_path):
+    image = np.zeros((8, 9), np.uint16)
+    image[2:5, 3:6] = 1000
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    options = SegmentOptions(instances=True)
+    dtype = output_dtype([1], options)
+    assert dtype == np.int32
+    (item,), _ = plan_items(
+        resolve_targets([str(tmp_path / "a.tif")]), tmp_path / "out", options=options
+    )
+    record = run_item(FakeEngine(), {1: CONCEPT}, item, options=options, dtype=dtype)
+    labels = tifffile.imread(tmp_path / "out" / "a.tif")
+    assert labels.dtype == np.int32 and labels.max() == 300
+    assert record["instances"] == 300 and record["area"] == 9 and record["score"] == 0.7
+
+
+def test_propagation_is_one_task_writing_every_slice(tmp_path):
+    stack = np.zeros((3, 8, 9), np.uint8)
+    stack[:, 2:4, 2:4] = 200
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    options = SegmentOptions(propagate=True)
+    dtype = output_dtype([5], options)
+    items, failures = plan_items(
+        resolve_targets([str(tmp_path / "s.tif")]), tmp_path / "out", options=options
+    )
+    assert failures == [] and len(items) == 1 and items[0].index is None
+    items, failures = prepare_outputs(items, tmp_path / "out", dtype=dtype)
+    assert failures == [] and len(items) == 1
+    (record,) = run(iter_run_local(FakeEngine(), {5: CONCEPT}, items, options=options, dtype=dtype))
+    labels = zarr.open_array(str(tmp_path / "out" / "s.zarr"), mode="r")[...]
+    np.testing.assert_array_equal(labels, np.where(stack > 100, 5, 0))
+    assert record["status"] == "ok" and record["area"] == 12 and record["score"] == 0.25
+    assert items[0].is_finished()
+
+
+def test_foreign_zarr_at_the_output_is_left_alone(tmp_path):
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros((2, 8, 9), np.uint8))
+    foreign = zarr.create_array(store=str(tmp_path / "out" / "s.zarr"), data=np.ones((2, 8, 9)))
+    options = SegmentOptions()
+    planned, failures = plan_items(
+        resolve_targets([str(tmp_path / "s.tif")]), tmp_path / "out", options=options
+    )
+    assert len(planned) == 2 and failures == []
+    items, failures = prepare_outputs(planned, tmp_path / "out", dtype=np.dtype(np.uint8))
+    assert items == []
+    (failure,) = failures
+    assert failure["status"] == "failed" and "already exists" in failure["error"]
+    np.testing.assert_array_equal(foreign[...], 1)
+
+
+def test_tiff_slices_are_read_one_at_a_time(tmp_path):
+    stack = np.arange(3 * 8 * 9, dtype=np.uint16).reshape(3, 8, 9)
+    tifffile.imwrite(tmp_path / "s.tif", stack, compression="zlib")
+    (target,) = resolve_targets([str(tmp_path / "s.tif")])
+    np.testing.assert_array_equal(read_slice(target, 2), stack[2])
