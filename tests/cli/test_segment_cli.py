@@ -249,12 +249,22 @@ def test_duplicate_output_names_are_refused(data, tmp_path, capsys):
     assert "would both be written" in capsys.readouterr().err
 
 
-def test_unsupported_modes_exit_2(data, tmp_path, capsys):
-    from napari_persam.core.persam import PerSAM
+def test_instances_and_propagation_from_the_command_line(data, tmp_path):
+    stack = np.stack([_scene(np.random.default_rng(z)) for z in range(3)])
+    tifffile.imwrite(data / "stack.tif", stack)
+    out = tmp_path / "out"
+    code = _segment(*_references(data), "--targets", str(data / "stack.tif"), "--instances",
+                    "--stack-mode", "propagate", "--start-slice", "1",
+                    "--out", str(out))  # fmt: skip
+    assert code == 0
+    labels = zarr.open_array(str(out / "stack.zarr"), mode="r")[...]
+    assert labels.shape == stack.shape[:3] and labels.dtype == np.int32
+    report = json.loads((out / "report.json").read_text())
+    assert report["items"][0]["status"] == "ok"
 
-    if hasattr(PerSAM, "segment_instances"):
-        pytest.skip("this engine segments instances")
-    code = _segment(*_references(data), "--targets", str(data / "images"), "--instances",
+
+def test_start_slice_needs_propagation(data, tmp_path, capsys):
+    code = _segment(*_references(data), "--targets", str(data / "images"), "--start-slice", "2",
                     "--out", str(tmp_path / "out"))  # fmt: skip
     assert code == 2
-    assert "--instances needs instance segmentation" in capsys.readouterr().err
+    assert "--start-slice goes with --stack-mode propagate" in capsys.readouterr().err

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import tifffile
@@ -25,7 +23,7 @@ from napari_persam.core.batch_io import (
     read_slice,
     resolve_targets,
 )
-from napari_persam.core.concept import Concept, Segmentation
+from napari_persam.core.concept import Concept, Instances, Segmentation
 from napari_persam.core.progress import Progress, run
 
 CONCEPT = Concept(target_embedding=np.ones(4, np.float32), model_fingerprint="f" * 32)
@@ -41,12 +39,6 @@ def _segmentation(mask: np.ndarray, score: float = 0.5) -> Segmentation:
     )
 
 
-@dataclass
-class Instances:
-    labels: np.ndarray
-    score: float = 0.7
-
-
 class FakeEngine:
     """Thresholds the image: enough to check what is read and written where."""
 
@@ -56,12 +48,26 @@ class FakeEngine:
     def segment_instances(self, image, concept):
         labels = np.zeros(np.shape(image), np.int32)
         labels[np.asarray(image) > 100] = 300  # more than uint8 holds
-        return Instances(labels)
+        return Instances(
+            labels=labels,
+            scores=np.array([0.7], np.float32),
+            similarity=np.zeros(np.shape(image), np.float32),
+            classes=np.ones(1, np.int32),
+            points=np.zeros((1, 2)),
+            ids=np.array([300], np.int32),
+        )
 
-    def segment_stack(self, stack, concept):
-        for index in range(len(stack)):
-            yield Progress(index + 1, len(stack))
-        return [_segmentation(image > 100, 0.25) for image in stack]
+    def segment_stack(self, stack, concept, *, reference_index, instances, mode):
+        assert mode == "propagate" and not instances
+        self.reference_index = reference_index
+        depth = stack.shape[0]  # zarr arrays have no len()
+        order = [reference_index, *range(reference_index + 1, depth),
+                 *range(reference_index - 1, -1, -1)]  # fmt: skip
+        results = {}
+        for done, index in enumerate(order, start=1):
+            results[index] = _segmentation(np.asarray(stack[index]) > 100, 0.25)
+            yield Progress(done, depth, index=index, result=results[index])
+        return results
 
 
 def test_resolve_targets_kinds_globs_folders_and_errors(tmp_path):
@@ -112,7 +118,8 @@ def test_instances_are_written_as_int32_tiff(tmp_path):
     record = run_item(FakeEngine(), {1: CONCEPT}, item, options=options, dtype=dtype)
     labels = tifffile.imread(tmp_path / "out" / "a.tif")
     assert labels.dtype == np.int32 and labels.max() == 300
-    assert record["instances"] == 300 and record["area"] == 9 and record["score"] == 0.7
+    assert record["instances"] == 300 and record["area"] == 9
+    assert record["score"] == pytest.approx(0.7)
 
 
 def test_propagation_is_one_task_writing_every_slice(tmp_path):
@@ -127,7 +134,10 @@ def test_propagation_is_one_task_writing_every_slice(tmp_path):
     assert failures == [] and len(items) == 1 and items[0].index is None
     items, failures = prepare_outputs(items, tmp_path / "out", dtype=dtype)
     assert failures == [] and len(items) == 1
-    (record,) = run(iter_run_local(FakeEngine(), {5: CONCEPT}, items, options=options, dtype=dtype))
+    engine = FakeEngine()
+    (record,) = run(iter_run_local(engine, {5: CONCEPT}, items, options=options, dtype=dtype))
+    assert record.get("error") is None, record
+    assert engine.reference_index == 1  # the middle slice by default
     labels = zarr.open_array(str(tmp_path / "out" / "s.zarr"), mode="r")[...]
     np.testing.assert_array_equal(labels, np.where(stack > 100, 5, 0))
     assert record["status"] == "ok" and record["area"] == 12 and record["score"] == 0.25

@@ -80,7 +80,21 @@ def test_file_has_no_pickled_objects(engine, rng, tmp_path):
     with zipfile.ZipFile(path) as archive:
         metadata = json.loads(np.load(io.BytesIO(archive.read("metadata.npy"))).tobytes())
     assert metadata["format"] == "napari-persam concept"
-    assert metadata["classes"][0]["arrays"] == {"target_embedding": "class_0/target_embedding"}
+    assert metadata["classes"][0]["arrays"] == {
+        "target_embedding": "class_0/target_embedding",
+        "shot_embeddings": "class_0/shot_embeddings",
+    }
+
+
+def test_few_shot_data_and_reference_levels_survive_the_round_trip(engine, rng, tmp_path):
+    first, second = _scene(rng), _scene(rng)
+    concept = engine.learn([first, second])
+    loaded = load_concept(save_concept(concept, tmp_path / "two.npz"))
+    np.testing.assert_array_equal(loaded.shot_embeddings, concept.shot_embeddings)
+    assert loaded.shot_embeddings.shape[0] == 2
+    assert loaded.object_similarity == concept.object_similarity
+    assert loaded.background_similarity == concept.background_similarity
+    assert loaded.object_area == concept.object_area
 
 
 def test_pickled_content_is_refused(tmp_path):

@@ -17,7 +17,9 @@ def test_auto_picks_an_available_device():
 
 def test_named_devices():
     assert resolve_device("cpu") == torch.device("cpu")
-    assert supports_bfloat16(torch.device("cpu"))
+    from napari_persam.core.devices import cpu_has_native_bfloat16
+
+    assert supports_bfloat16(torch.device("cpu")) == cpu_has_native_bfloat16()
     with pytest.raises(ValueError, match="Unknown device"):
         resolve_device("not-a-device")
 

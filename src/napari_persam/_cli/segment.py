@@ -70,7 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=STACK_MODES,
         default="independent",
         help="independent: each slice on its own (default, parallel); propagate: carry the "
-        "object from slice to slice.",
+        "object from slice to slice, outward from --start-slice.",
+    )
+    parser.add_argument(
+        "--start-slice",
+        type=int,
+        metavar="Z",
+        default=None,
+        help="With --stack-mode propagate: the slice to start from, where the object looks "
+        "most like the reference (default: the middle slice).",
     )
     add_finetune_arguments(parser)
     add_model_arguments(parser)
@@ -105,8 +113,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    from napari_persam.core.persam import PerSAM
-
     if args.concept and (args.reference or args.mask):
         raise UsageError("give either --concept or --reference/--mask pairs, not both.")
     if not args.concept and not args.reference:
@@ -122,16 +128,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--worker-threads must be 1 or more, got {args.worker_threads}.")
     if args.label_value is not None and not 1 <= args.label_value <= 65535:
         raise UsageError(f"--label-value must be in 1..65535, got {args.label_value}.")
-    if args.instances and not hasattr(PerSAM, "segment_instances"):
-        raise UsageError(
-            "--instances needs instance segmentation (PerSAM.segment_instances), which this "
-            "version of napari-persam does not have; leave out --instances."
-        )
-    if args.stack_mode == "propagate" and not hasattr(PerSAM, "segment_stack"):
-        raise UsageError(
-            "--stack-mode propagate needs stack propagation (PerSAM.segment_stack), which this "
-            "version of napari-persam does not have; use --stack-mode independent."
-        )
+    if args.start_slice is not None and args.stack_mode != "propagate":
+        raise UsageError("--start-slice goes with --stack-mode propagate.")
+    if args.start_slice is not None and args.start_slice < 0:
+        raise UsageError(f"--start-slice must be 0 or more, got {args.start_slice}.")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out!r} is a file; name a folder (it is created).")
 
@@ -155,7 +155,11 @@ def _segment(args: argparse.Namespace) -> int:
         targets = resolve_targets(args.targets)
     except TargetError as error:
         raise UsageError(str(error)) from error
-    options = SegmentOptions(instances=args.instances, propagate=args.stack_mode == "propagate")
+    options = SegmentOptions(
+        instances=args.instances,
+        propagate=args.stack_mode == "propagate",
+        start_slice=args.start_slice,
+    )
 
     concept_file = None
     if args.concept:

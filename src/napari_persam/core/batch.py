@@ -91,9 +91,12 @@ class SegmentOptions:
         Separate objects into instance labels (``PerSAM.segment_instances``).
     propagate : bool
         Segment stacks as a whole with ``PerSAM.segment_stack`` (one task per stack).
+    start_slice : int, optional
+        Where propagation starts in each stack (default: the middle slice).
     """
 
     instances: bool = False
+    start_slice: int | None = None
     propagate: bool = False
 
 
@@ -207,7 +210,7 @@ def run_item(
     """
     start = time.perf_counter()
     if options.propagate and item.target.is_stack:
-        return _run_stack(engine, concepts, item, dtype=dtype, start=start)
+        return _run_stack(engine, concepts, item, options=options, dtype=dtype, start=start)
     if item.index is None:
         image = read_image(item.target.path)
     else:
@@ -242,9 +245,9 @@ def _labels_for(
 ) -> tuple[np.ndarray, float, int]:
     if options.instances:
         (concept,) = concepts.values()
-        result = engine.segment_instances(image, concept)  # type: ignore[attr-defined]
+        result = engine.segment_instances(image, concept)
         labels = np.asarray(result.labels, dtype=dtype)
-        score = float(getattr(result, "score", 0.0) or 0.0)
+        score = float(result.scores.mean()) if result.count else 0.0
         return labels, score, int(np.count_nonzero(labels))
     labels = np.zeros(np.shape(image)[:2], dtype=dtype)
     scores = []
@@ -260,26 +263,43 @@ def _run_stack(
     concepts: Mapping[int, Concept],
     item: WorkItem,
     *,
+    options: SegmentOptions,
     dtype: np.dtype,
     start: float,
 ) -> dict[str, Any]:
     """Propagation through a whole stack: one task, slices written as they come."""
     from napari_persam.core.batch_io import open_stack
+    from napari_persam.core.concept import ClassConcepts, Instances, LabelSegmentation
 
-    (value, concept), *rest = concepts.items()
-    if rest:
-        raise ValueError("Propagating through a stack takes one concept (one label value).")
-    stack = np.asarray(open_stack(item.target)[...])
-    work = engine.segment_stack(stack, concept)  # type: ignore[attr-defined]
-    if hasattr(work, "__next__"):
-        from napari_persam.core.progress import run
-
-        work = run(work)
+    if len(concepts) == 1:
+        ((value, concept),) = concepts.items()
+    else:
+        value, concept = 0, ClassConcepts(dict(concepts))
+    stack = open_stack(item.target)
+    depth = int(stack.shape[0])
+    start_slice = depth // 2 if options.start_slice is None else options.start_slice
+    if not 0 <= start_slice < depth:
+        raise ValueError(f"--start-slice {start_slice} is outside the stack (0..{depth - 1}).")
+    work = engine.segment_stack(
+        stack,
+        concept,
+        reference_index=start_slice,
+        instances=options.instances,
+        mode="propagate",
+    )
     scores, area = [], 0
-    for index, segmentation in enumerate(work):
-        labels = np.where(segmentation.mask, value, 0).astype(dtype)
-        write_label_slice(item.output, index, labels)
-        scores.append(float(segmentation.score))
+    for step in work:  # slices arrive outward from the start slice; each is written at once
+        result = step.result
+        if isinstance(result, Instances):
+            labels = result.labels.astype(dtype)
+            scores.append(float(result.scores.mean()) if result.count else 0.0)
+        elif isinstance(result, LabelSegmentation):
+            labels = result.labels.astype(dtype)
+            scores.append(max(result.scores.values(), default=0.0))
+        else:
+            labels = np.where(result.mask, value, 0).astype(dtype)
+            scores.append(float(result.score))
+        write_label_slice(item.output, step.index, labels)
         area += int(np.count_nonzero(labels))
     record = {
         "input": item.target.path,

@@ -351,8 +351,10 @@ def create_label_stack(
                 f"{source!r} with shape {shape}; move it away or choose another --out."
             )
         return
-    zarr.create_array(
-        store=target,
+    from napari_persam.core.zarr_arrays import create_array
+
+    create_array(
+        os.fspath(target),
         shape=shape,
         chunks=(1, *shape[1:]),
         dtype=dtype,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_persam.core.geometry import SamGeometry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_persam.core.config import PerSAMConfig
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +93,36 @@ class Concept:
     @property
     def is_finetuned(self) -> bool:
         return self.mask_weights is not None
+
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        config: PerSAMConfig | None = None,
+        checkpoint_sha256: str | None = None,
+        label_value: int = 1,
+    ) -> Path:
+        """Write this concept to a concept file (.npz arrays + JSON, never pickle).
+
+        The references (``shots``) are not saved: a loaded concept segments but
+        cannot be fine-tuned again. See :mod:`napari_persam.core.concept_io`.
+        """
+        from napari_persam.core.concept_io import save_concept
+
+        return save_concept(
+            self,
+            path,
+            config=config,
+            checkpoint_sha256=checkpoint_sha256,
+            label_value=label_value,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Concept:
+        """Read a concept file holding one concept (no code is ever run from it)."""
+        from napari_persam.core.concept_io import load_concept
+
+        return load_concept(path)
 
     @property
     def similarity_threshold(self) -> float:

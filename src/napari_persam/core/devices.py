@@ -83,8 +83,28 @@ def supports_bfloat16(device: torch.device) -> bool:
 
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    # CPU autocast supports bfloat16 everywhere torch runs; MPS only on recent macOS.
-    return device.type in ("cpu", "mps")
+    if device.type == "cpu":
+        return cpu_has_native_bfloat16()
+    return device.type == "mps"
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX).
+
+    Elsewhere torch emulates it, and a bfloat16 encoder is many times slower than
+    float32 (measured 16x on an AVX2 CPU, see BENCHMARKS.md), so it is refused.
+    """
+    import torch
+
+    capability = str(torch.backends.cpu.get_cpu_capability()).upper()
+    if "AMX" in capability or "BF16" in capability:
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = info.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _mps_available() -> bool:

@@ -218,16 +218,16 @@ class DiskEmbeddingCache:
         ]
 
     def _write(self, folder: Path, signature: dict[str, Any], value: ImageEmbedding) -> None:
-        import zarr
+        from napari_persam.core.zarr_arrays import create_array
 
         features = value.features.detach().float().cpu().numpy()
         geometry = value.geometry
-        array = zarr.create_array(
-            store=str(folder),
+        array = create_array(
+            str(folder),
             shape=features.shape,
             chunks=features.shape,  # one chunk per image: one read per entry
             dtype=np.float32,
-            compressors=None,  # float features barely compress; decoding would cost time
+            compress=False,  # float features barely compress; decoding would cost time
             attributes={
                 "signature": signature,
                 "geometry": {

@@ -87,8 +87,8 @@ class PerSAM:
         self.device = resolve_device(device)
         if self.config.encoder_dtype == "bfloat16" and not supports_bfloat16(self.device):
             raise ValueError(
-                f"encoder_dtype='bfloat16' is not supported on {self.device}; "
-                "use encoder_dtype='float32'."
+                f"encoder_dtype='bfloat16' is not supported natively on {self.device} (it would "
+                "be emulated and run many times slower); use encoder_dtype='float32'."
             )
         first = next(sam.parameters(), None)
         if first is not None and first.device != self.device:

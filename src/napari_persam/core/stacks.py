@@ -132,7 +132,7 @@ def iter_segment_stack(
     mode = mode or engine.config.stack_mode
     if mode not in ("propagate", "independent"):
         raise ValueError(f"Unknown stack mode {mode!r}; use 'propagate' or 'independent'.")
-    depth = len(stack)
+    depth = int(stack.shape[0]) if hasattr(stack, "shape") else len(stack)
     indices = list(range(depth)) if slices is None else [int(z) for z in slices]
     bad = [z for z in indices if not 0 <= z < depth]
     if bad:
