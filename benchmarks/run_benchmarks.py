@@ -133,9 +133,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
 def instrumented(engine: PerSAM, clock: StageClock) -> Iterator[None]:
     """Time the engine's stages through wrappers; everything is restored afterwards.
 
-    Wraps the engine's own methods on the instance and two functions persam.py
-    imported, so no core file changes. (A ``timings`` hook in core would make this
-    independent of the engine's internals.)
+    Wraps the methods of the engine's prompter on the instance and two functions
+    persam.py imported, so no core file changes. The smoke test
+    (tests/test_benchmarks_smoke.py) fails if these names move.
     """
     saved = {
         "encode_image": persam_module.encode_image,
@@ -143,11 +143,12 @@ def instrumented(engine: PerSAM, clock: StageClock) -> Iterator[None]:
     }
 
     def decode_stage(_args: tuple, kwargs: dict) -> str:
-        return "refinement" if kwargs.get("mask_input") is not None else "first decoding"
+        return "refinement" if kwargs.get("mask_inputs") is not None else "first decoding"
 
-    engine._first_prompt = clock.wrap("location prior", engine._first_prompt)
-    engine._decode = clock.wrap(decode_stage, engine._decode)
-    engine._to_mask = clock.wrap("mask upscaling", engine._to_mask)
+    prompter = engine.prompter
+    prompter.guidance = clock.wrap("location prior", prompter.guidance)
+    prompter.decode = clock.wrap(decode_stage, prompter.decode)
+    prompter.to_mask = clock.wrap("mask upscaling", prompter.to_mask)
     persam_module.encode_image = clock.wrap("image encoding", saved["encode_image"])
     persam_module.remove_small_components = clock.wrap(
         "post-processing", saved["remove_small_components"]
@@ -155,8 +156,8 @@ def instrumented(engine: PerSAM, clock: StageClock) -> Iterator[None]:
     try:
         yield
     finally:
-        for name in ("_first_prompt", "_decode", "_to_mask"):
-            vars(engine).pop(name, None)
+        for name in ("guidance", "decode", "to_mask"):
+            vars(prompter).pop(name, None)
         for name, function in saved.items():
             setattr(persam_module, name, function)
 
