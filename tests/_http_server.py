@@ -113,15 +113,17 @@ def _corrupt(body: bytes) -> bytes:
     return bytes(flipped)
 
 
-def block_internet(monkeypatch: pytest.MonkeyPatch) -> None:
+def block_internet(monkeypatch: pytest.MonkeyPatch, *, also_allow: tuple[str, ...] = ()) -> None:
     """Make any attempt to look up or connect to anything but loopback fail.
 
     A guard for a test's duration (undone by ``monkeypatch``), so a test whose URL
-    override silently failed cannot reach the publishers' servers.
+    override silently failed cannot reach the publishers' servers. ``also_allow``
+    names more hosts that may be looked up (this machine's own name, for Dask).
     """
     real_connect = socket.socket.connect
     real_getaddrinfo = socket.getaddrinfo
     loopback = ("127.0.0.1", "localhost", "::1")
+    lookups = loopback + tuple(also_allow)
 
     def guarded_connect(self, address):
         if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in loopback:
@@ -129,7 +131,7 @@ def block_internet(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_connect(self, address)
 
     def guarded_getaddrinfo(host, *args, **kwargs):
-        if host not in loopback:
+        if host not in lookups:
             raise OSError(f"test tried to look up {host!r}; tests must stay on 127.0.0.1")
         return real_getaddrinfo(host, *args, **kwargs)
 

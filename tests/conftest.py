@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _stay_on_this_machine(monkeypatch):
+    """No test reaches beyond this machine: only loopback connections are allowed.
+
+    Tests that exercise downloads serve checkpoints from 127.0.0.1 themselves; a
+    download that would go to the publishers fails at once with our offline message.
+    """
+    from tests._http_server import block_internet
+
+    block_internet(monkeypatch, also_allow=(socket.gethostname(), "0.0.0.0", ""))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Checkpoints and embeddings go to a temporary cache, never the user's."""
+    import os
+
+    from napari_persam.core.weights import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("napari-persam-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
 
 
 @pytest.fixture(scope="session")

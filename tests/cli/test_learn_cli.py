@@ -33,13 +33,14 @@ def _learn(reference: tuple[Path, Path], out: Path, *extra: str) -> int:
     )  # fmt: skip
 
 
-def test_learn_writes_a_concept_file(reference, tmp_path, tiny_sam):
+def test_learn_writes_a_concept_file(reference, tmp_path):
     from napari_persam.core.embeddings import model_fingerprint
+    from napari_persam.core.models import build_tiny_sam
 
     assert _learn(reference, tmp_path / "cells", "--label-value", "4") == 0
     content = read_concept_file(tmp_path / "cells.npz")
     assert content.model_name == "tiny"
-    assert content.model_fingerprint == model_fingerprint(tiny_sam)
+    assert content.model_fingerprint == model_fingerprint(build_tiny_sam())  # the registry's
     assert content.label_values == [4]
     assert content.config is not None
     (concept,) = content.concepts.values()
@@ -75,8 +76,9 @@ def test_bad_arguments_exit_2_with_a_message(reference, tmp_path, capsys):
     args = ["learn", "--reference", str(image), "--mask", str(mask), "--out", str(tmp_path / "c")]
     assert main([*args, "--model", "nonsense"]) == 2
     assert "Unknown model 'nonsense'" in capsys.readouterr().err
-    assert main([*args, "--model", "vit_b"]) == 2
-    assert "No checkpoint given" in capsys.readouterr().err
+    assert main([*args, "--model", "vit_b"]) == 2  # offline here: the checkpoint cannot come
+    message = capsys.readouterr().err
+    assert "sam_vit_b_01ec64.pth" in message and "put it in" in message
     with pytest.raises(SystemExit) as exit_info:  # argparse's own checks
         main(["learn", "--reference", str(image)])
     assert exit_info.value.code == 2

@@ -24,7 +24,7 @@ from napari_persam.core.progress import run
 from napari_persam.core.state_dicts import CheckpointError, skip_random_init
 from napari_persam.core.weights import CACHE_ENV, MIRROR_ENV, DownloadError
 from tests._checkpoints import checkpoint_bytes, stand_in, weights_equal
-from tests._http_server import LoopbackServer, block_internet
+from tests._http_server import LoopbackServer
 from tests._mobile_sam_reference import official_encoder_state
 
 
@@ -37,8 +37,9 @@ def registry_tiny_sam():
 
 
 @pytest.fixture(autouse=True)
-def _no_internet(monkeypatch):
-    block_internet(monkeypatch)
+def _default_locations(monkeypatch):
+    # tests/conftest.py already keeps every test on 127.0.0.1; these tests also
+    # check where files go by default, so the cache and mirror variables are unset.
     monkeypatch.delenv(CACHE_ENV, raising=False)
     monkeypatch.delenv(MIRROR_ENV, raising=False)
 

@@ -26,14 +26,15 @@ from napari_persam.core.weights import (
     read_record,
 )
 from tests._checkpoints import sha256, stand_in
-from tests._http_server import LoopbackServer, block_internet
+from tests._http_server import LoopbackServer
 
 FILENAME = "sam_vit_b_01ec64.pth"
 
 
 @pytest.fixture(autouse=True)
-def _no_internet(monkeypatch):
-    block_internet(monkeypatch)
+def _default_locations(monkeypatch):
+    # tests/conftest.py already keeps every test on 127.0.0.1; these tests also
+    # check where files go by default, so the cache and mirror variables are unset.
     monkeypatch.delenv(CACHE_ENV, raising=False)
     monkeypatch.delenv(MIRROR_ENV, raising=False)
 

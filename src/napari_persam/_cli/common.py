@@ -162,11 +162,14 @@ def load_engine(
     from napari_persam.core.models import iter_load_model
     from napari_persam.core.persam import PerSAM
     from napari_persam.core.progress import run
+    from napari_persam.core.weights import WeightsError
 
     device = None if args.device == "auto" else args.device
     try:
         sam = run(iter_load_model(model_name, checkpoint=args.checkpoint, device=device))
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, WeightsError) as error:
+        # Nothing has run yet: a missing or undownloadable checkpoint ends the command
+        # like a bad argument, with the message saying where to put the file.
         raise UsageError(str(error)) from error
     sam_device = next(sam.parameters()).device
     cache: Any = EmbeddingCache(config.cache_size)

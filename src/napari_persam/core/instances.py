@@ -145,8 +145,10 @@ def find_instances(
                 continue  # nothing, or a mask of background grown from a stray peak
             if _overlaps(labels, mask, area, areas, cfg.instance_iou_limit):
                 continue
-            new_id = len(scores) + 1
-            labels[mask & (labels == 0)] = new_id  # stronger objects keep contested pixels
+            unclaimed = mask & (labels == 0)  # stronger objects keep contested pixels
+            if not unclaimed.any():
+                continue  # covered entirely by objects accepted before
+            labels[unclaimed] = len(scores) + 1
             scores.append(outcome.score)
             points.append(prompt.points[0])
             areas.append(area)
@@ -202,9 +204,10 @@ def merge_class_instances(found: dict[int, Instances], *, iou_limit: float) -> I
     scores, classes, points, areas = [], [], [], [0]
     for score, value, mask, point in entries:
         area = int(mask.sum())
-        if area == 0 or _overlaps(labels, mask, area, areas, iou_limit):
+        unclaimed = mask & (labels == 0)
+        if not unclaimed.any() or _overlaps(labels, mask, area, areas, iou_limit):
             continue
-        labels[mask & (labels == 0)] = len(scores) + 1
+        labels[unclaimed] = len(scores) + 1
         scores.append(score)
         classes.append(value)
         points.append(point)

@@ -190,7 +190,7 @@ def build_mobile_sam(
     Randomly initialised, eval mode. The keyword options exist so tests can build
     a smaller model with the same key names; the defaults are MobileSAM's.
     """
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from napari_persam.core.sam_assembly import sam_around_encoder
 
     encoder = TinyViTImageEncoder(
         img_size=img_size,
@@ -200,25 +200,11 @@ def build_mobile_sam(
         window_sizes=window_sizes,
         out_chans=prompt_dim,
     )
-    grid = img_size // encoder.feature_stride
-    sam = Sam(
-        image_encoder=encoder,
-        prompt_encoder=PromptEncoder(
-            embed_dim=prompt_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(img_size, img_size),
-            mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=2, embedding_dim=prompt_dim, mlp_dim=decoder_mlp_dim, num_heads=8
-            ),
-            transformer_dim=prompt_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=iou_head_hidden_dim,
-        ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
+    return sam_around_encoder(
+        encoder,
+        img_size=img_size,
+        grid=img_size // encoder.feature_stride,
+        prompt_dim=prompt_dim,
+        decoder_mlp_dim=decoder_mlp_dim,
+        iou_head_hidden_dim=iou_head_hidden_dim,
     )
-    return sam.eval()

@@ -111,53 +111,36 @@ def build_tiny_sam(
     second on a laptop CPU. Seeded: the same ``seed`` gives the same weights.
     """
     import torch
-    from segment_anything.modeling import (
-        ImageEncoderViT,
-        MaskDecoder,
-        PromptEncoder,
-        Sam,
-        TwoWayTransformer,
-    )
+    from segment_anything.modeling import ImageEncoderViT
+
+    from napari_persam.core.sam_assembly import sam_around_encoder
 
     patch = 16
-    grid = img_size // patch
     # fork_rng: seeding must not change the caller's global random state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sam = Sam(
-            image_encoder=ImageEncoderViT(
-                depth=encoder_depth,
-                embed_dim=encoder_dim,
-                img_size=img_size,
-                mlp_ratio=2.0,
-                norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                num_heads=2,
-                patch_size=patch,
-                qkv_bias=True,
-                use_rel_pos=True,
-                global_attn_indexes=(encoder_depth - 1,),
-                window_size=8,
-                out_chans=prompt_dim,
-            ),
-            prompt_encoder=PromptEncoder(
-                embed_dim=prompt_dim,
-                image_embedding_size=(grid, grid),
-                input_image_size=(img_size, img_size),
-                mask_in_chans=16,
-            ),
-            mask_decoder=MaskDecoder(
-                num_multimask_outputs=3,
-                transformer=TwoWayTransformer(
-                    depth=2, embedding_dim=prompt_dim, mlp_dim=256, num_heads=8
-                ),
-                transformer_dim=prompt_dim,
-                iou_head_depth=3,
-                iou_head_hidden_dim=64,
-            ),
-            pixel_mean=[123.675, 116.28, 103.53],
-            pixel_std=[58.395, 57.12, 57.375],
+        encoder = ImageEncoderViT(
+            depth=encoder_depth,
+            embed_dim=encoder_dim,
+            img_size=img_size,
+            mlp_ratio=2.0,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(encoder_depth - 1,),
+            window_size=8,
+            out_chans=prompt_dim,
         )
-    return sam.eval()
+        return sam_around_encoder(
+            encoder,
+            img_size=img_size,
+            grid=img_size // patch,
+            prompt_dim=prompt_dim,
+            decoder_mlp_dim=256,
+            iou_head_hidden_dim=64,
+        )
 
 
 _SAM_RELEASE = "https://dl.fbaipublicfiles.com/segment_anything/"

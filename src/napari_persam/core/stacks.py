@@ -272,7 +272,8 @@ class _IdTracker:
             if not new_ids[i]:
                 new_ids[i] = self.next_id
                 self.next_id += 1
-        lookup = np.zeros(int(current.labels.max(initial=0)) + 1, dtype=np.int32)
+        size = max(int(current.labels.max(initial=0)), int(current.ids.max(initial=0))) + 1
+        lookup = np.zeros(size, dtype=np.int32)
         lookup[current.ids] = new_ids
         return Instances(
             labels=lookup[current.labels],
