@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -24,6 +25,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels
 from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
@@ -34,16 +36,20 @@ from napari_persam._widgets._job import (
     TARGETS_3D,
     Request,
     build_job,
+    check_image,
     image_kind,
 )
-from napari_persam._widgets._layers import spatial_shape
-from napari_persam._widgets._run_state import RunState
-from napari_persam._widgets._runner import LoadedModels, ModelChoice, ModelFactory, run_job
-from napari_persam.core.config import PerSAMConfig
+from napari_persam._widgets._layers import METADATA_KEY, output_labels, spatial_shape
+from napari_persam._widgets._run_state import CONTENT_KEY, RunState
+from napari_persam._widgets._runner import Job, LoadedModels, ModelChoice, ModelFactory, run_job
+from napari_persam.core.config import STACK_MODES, PerSAMConfig
 from napari_persam.core.models import DEFAULT_MODEL, TINY_MODEL, model_names
 from napari_persam.core.progress import Progress
 
 _MAX_LABEL = 2**31 - 1
+ONE_OBJECT = "one object"
+EVERY_INSTANCE = "every instance"
+FIND_MODES = (ONE_OBJECT, EVERY_INSTANCE)
 
 
 class PerSAMWidget(Container):
@@ -66,6 +72,9 @@ class PerSAMWidget(Container):
     ----------
     worker : GeneratorWorker or None
         The running worker; ``None`` when idle.
+    job : Job or None
+        What the latest Run was given (references as ``job.shots``, label values,
+        targets, config); for scripts and tests that check what a Run used.
     """
 
     def __init__(
@@ -75,7 +84,9 @@ class PerSAMWidget(Container):
         self._viewer = napari_viewer
         self._models = LoadedModels(model_factory)
         self._run: RunState | None = None
+        self._extra_shots: list[tuple[np.ndarray, np.ndarray]] = []
         self.worker: GeneratorWorker | None = None
+        self.job: Job | None = None
 
         self.image = create_widget(annotation=Image, label="image", name="image")
         self.reference = create_widget(annotation=Labels, label="reference", name="reference")
@@ -87,14 +98,80 @@ class PerSAMWidget(Container):
             value=0,
             tooltip="The painted value to learn; 0 takes the value with the most pixels.",
         )
-        self.find_reference_slice = CheckBox(
-            text="find reference slice",
-            name="find_reference_slice",
+        self.learn_all_values = CheckBox(
+            text="learn every painted value (one class each)",
+            name="learn_all_values",
+            value=False,
+            tooltip="Each painted label value is its own kind of object; results keep the values.",
+        )
+        self.all_painted_slices = CheckBox(
+            text="learn from every painted slice",
+            name="all_painted_slices",
             value=True,
-            tooltip="Use the one slice that holds the painting.",
+            tooltip="Every slice with painting is a reference (few-shot). Untick to "
+            "learn from one slice only.",
         )
         self.reference_slice = SpinBox(
             label="reference slice", name="reference_slice", min=0, max=0, enabled=False
+        )
+        self.more_references = Select(
+            label="more references",
+            name="more_references",
+            choices=self._reference_pairs,
+            tooltip="Other painted Labels layers (on their image) to learn from too.",
+        )
+        self.add_reference_button = PushButton(
+            text="add result slice as reference", name="add_reference_button"
+        )
+        self.add_reference_button.tooltip = (
+            "Copy the slice shown of '<image> PerSAM' (correct it first by painting on "
+            "it) and its image into this widget's extra references, used by the next "
+            "Run. Your layers are not changed."
+        )
+        self.extra_references_count = Label(value="", name="extra_references_count")
+        self.clear_references_button = PushButton(text="clear", name="clear_references_button")
+        extra_row = Container(
+            widgets=[
+                self.add_reference_button,
+                self.extra_references_count,
+                self.clear_references_button,
+            ],
+            layout="horizontal",
+            labels=False,
+            name="extra_references",
+        )
+        extra_row.margins = (0, 0, 0, 0)
+        self.find_mode = ComboBox(
+            label="find", name="find_mode", choices=FIND_MODES, value=ONE_OBJECT,
+            tooltip="One object per label value, or every instance (an id per object).",
+        )  # fmt: skip
+        self.auto_threshold = CheckBox(
+            text="instance threshold from the reference", name="auto_threshold", value=True
+        )
+        self.instance_threshold = FloatSpinBox(
+            label="instance threshold",
+            name="instance_threshold",
+            min=-1.0,
+            max=1.0,
+            step=0.05,
+            value=0.5,
+            enabled=False,
+            tooltip="Similarity a place needs to be tried as an instance (lower finds more).",
+        )
+        self.max_instances = SpinBox(
+            label="max instances",
+            name="max_instances",
+            min=1,
+            max=10_000,
+            value=PerSAMConfig().max_instances,
+        )
+        self.stack_mode = ComboBox(
+            label="stack mode",
+            name="stack_mode",
+            choices=STACK_MODES,
+            value=PerSAMConfig().stack_mode,
+            tooltip="propagate: each slice is also prompted with its neighbour's result, "
+            "outward from the reference slice; independent: each slice on its own.",
         )
         self.targets = ComboBox(label="segment", name="targets", choices=self._target_choices)
         self.first_slice = SpinBox(label="first slice", name="first_slice", min=0, max=0)
@@ -118,7 +195,8 @@ class PerSAMWidget(Container):
             mode="r",
             filter="*.pth *.pt",
             nullable=True,
-            tooltip="The model's weights file (e.g. sam_vit_b_01ec64.pth).",
+            tooltip="Leave empty to use the published weights: downloaded once, checked, "
+            "and kept in the cache folder. Or choose your own weights file.",
         )
         self.device = ComboBox(label="device", name="device", choices=_device_choices())
         self.finetune = CheckBox(
@@ -153,16 +231,23 @@ class PerSAMWidget(Container):
         self.status.native.setWordWrap(True)
 
         self.extend([
-            self.image, self.reference, self.label_value, self.find_reference_slice,
-            self.reference_slice, self.targets, self.first_slice, self.last_slice,
-            self.target_layers, self.model, self.checkpoint, self.device, self.finetune,
+            self.image, self.reference, self.label_value, self.learn_all_values,
+            self.all_painted_slices, self.reference_slice, self.more_references, extra_row,
+            self.find_mode, self.auto_threshold, self.instance_threshold, self.max_instances,
+            self.targets, self.first_slice, self.last_slice, self.target_layers,
+            self.stack_mode, self.model, self.checkpoint, self.device, self.finetune,
             self.finetune_steps, self.target_guided_attention, self.semantic_prompt,
             self.min_object_size, self.run_button, self.cancel_button, self.status,
         ])  # fmt: skip
 
         self.image.changed.connect(self._on_image_changed)
         self.targets.changed.connect(self._on_targets_changed)
-        self.find_reference_slice.changed.connect(self._on_find_slice_changed)
+        self.all_painted_slices.changed.connect(self._on_all_slices_changed)
+        self.learn_all_values.changed.connect(self._on_all_values_changed)
+        self.find_mode.changed.connect(self._on_find_mode_changed)
+        self.auto_threshold.changed.connect(self._on_auto_threshold_changed)
+        self.add_reference_button.changed.connect(self._on_add_reference_clicked)
+        self.clear_references_button.changed.connect(self._on_clear_references_clicked)
         self.model.changed.connect(self._on_model_changed)
         self.finetune.changed.connect(self._on_finetune_changed)
         self.run_button.changed.connect(self._on_run_clicked)
@@ -170,6 +255,8 @@ class PerSAMWidget(Container):
         self._on_image_changed()
         self._on_model_changed()
         self._on_finetune_changed()
+        self._on_find_mode_changed()
+        self._show_extra_count()
 
     # ------------------------------------------------------------------ hooks
     @property
@@ -186,6 +273,23 @@ class PerSAMWidget(Container):
     def running(self) -> bool:
         return self.worker is not None
 
+    @property
+    def extra_references(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """The references added with "add result slice as reference".
+
+        Each is (image (Y, X[, C]), labels (Y, X) int32 holding label values),
+        copies taken when the button was pressed; the next Run learns from them too.
+        """
+        return tuple(self._extra_shots)
+
+    @property
+    def progress_bar(self) -> progress | None:
+        """The napari progress bar of the running job (``None`` when idle).
+
+        Counts bytes while a checkpoint downloads or is verified, then images.
+        """
+        return None if self._run is None else self._run.bar
+
     # ------------------------------------------------------------------ slots
     def _on_image_changed(self, *_: object) -> None:
         self._update_for_image()
@@ -193,8 +297,25 @@ class PerSAMWidget(Container):
     def _on_targets_changed(self, *_: object) -> None:
         self._update_visibility()
 
-    def _on_find_slice_changed(self, *_: object) -> None:
-        self.reference_slice.enabled = not self.find_reference_slice.value
+    def _on_all_slices_changed(self, *_: object) -> None:
+        self.reference_slice.enabled = not self.all_painted_slices.value
+
+    def _on_all_values_changed(self, *_: object) -> None:
+        self.label_value.enabled = not self.learn_all_values.value
+
+    def _on_find_mode_changed(self, *_: object) -> None:
+        instances = self.find_mode.value == EVERY_INSTANCE
+        for widget in (self.auto_threshold, self.instance_threshold, self.max_instances):
+            widget.visible = instances
+
+    def _on_auto_threshold_changed(self, *_: object) -> None:
+        self.instance_threshold.enabled = not self.auto_threshold.value
+
+    def _on_add_reference_clicked(self, *_: object) -> None:
+        self.add_result_as_reference()
+
+    def _on_clear_references_clicked(self, *_: object) -> None:
+        self.clear_extra_references()
 
     def _on_model_changed(self, *_: object) -> None:
         self.checkpoint.visible = self.model.value != TINY_MODEL
@@ -229,13 +350,14 @@ class PerSAMWidget(Container):
         if self.running:
             return
         try:
-            job, value = build_job(self._request())
+            job = build_job(self._request())
         except ValueError as error:
             show_error(str(error))
             self.status.value = f"Not started: {error}"
             return
         images = {layer.name: layer for layer in self._viewer.layers if isinstance(layer, Image)}
-        self._run = RunState(self._viewer, job, value=value, images=images)
+        self.job = job
+        self._run = RunState(self._viewer, job, images=images)
         self.worker = create_worker(
             run_job, job, models=self._models, _start_thread=False,
             _connect={
@@ -256,7 +378,66 @@ class PerSAMWidget(Container):
             self.status.value = "Cancelling after the current image..."
             self.worker.quit()
 
+    def add_result_as_reference(self) -> None:
+        """Keep the result slice the viewer shows, and its image, as an extra reference.
+
+        Takes the current slice (the whole image for 2D) of this image's
+        "<image> PerSAM" layer, as the user may have corrected it by painting on it.
+        One-object results hold label values and are used as they are; instance ids
+        become the learned value (one value) or the value in "<image> classes"
+        (several; pixels painted with new ids there are left out). Nothing in the
+        viewer is changed.
+        """
+        try:
+            shot, where = self._result_shot()
+        except ValueError as error:
+            show_error(str(error))
+            self.status.value = f"Not added: {error}"
+            return
+        self._extra_shots.append(shot)
+        self._show_extra_count()
+        self.status.value = f"Added {where} as a reference; it is used from the next Run on."
+
+    def clear_extra_references(self) -> None:
+        """Forget the references added with "add result slice as reference"."""
+        self._extra_shots.clear()
+        self._show_extra_count()
+
     # -------------------------------------------------------------- internals
+    def _result_shot(self) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+        image = check_image(self.image.value)
+        result = output_labels(self._viewer, image)
+        if result is None:
+            raise ValueError(
+                f"Image {image.name!r} has no PerSAM result yet: press Run, correct the "
+                f"result in '{image.name} PerSAM' if needed, then add it as a reference."
+            )
+        index = self._current_slice(image) if len(spatial_shape(image)) == 3 else None
+        where = f"{result.name!r}" + ("" if index is None else f" slice {index}")
+        plane = np.asarray(result.data if index is None else result.data[index])
+        labels = plane.astype(np.int32)
+        content = result.metadata.get(CONTENT_KEY, {})
+        if content.get("instances"):
+            values = content.get("values") or [1]
+            classes = output_labels(self._viewer, image, "classes")
+            if len(values) > 1 and classes is not None:
+                labels = np.asarray(classes.data if index is None else classes.data[index])
+                labels = np.where(plane > 0, labels, 0).astype(np.int32)
+            else:
+                labels = np.where(plane > 0, values[0], 0).astype(np.int32)
+        if not labels.any():
+            raise ValueError(
+                f"{where} is empty here: paint the object on it (or go to a slice with a "
+                "result), then add it as a reference."
+            )
+        pixels = np.array(image.data if index is None else image.data[index])
+        return (pixels, labels), where
+
+    def _show_extra_count(self) -> None:
+        count = len(self._extra_shots)
+        self.extra_references_count.value = f"{count} added"
+        self.clear_references_button.enabled = count > 0
+
     def _request(self) -> Request:
         image = self.image.value
         return Request(
@@ -264,7 +445,7 @@ class PerSAMWidget(Container):
             reference=self.reference.value,
             label_value=int(self.label_value.value),
             reference_slice=(
-                None if self.find_reference_slice.value else int(self.reference_slice.value)
+                None if self.all_painted_slices.value else int(self.reference_slice.value)
             ),
             target_mode=self.targets.value,
             current_slice=self._current_slice(image),
@@ -280,8 +461,17 @@ class PerSAMWidget(Container):
                 semantic_prompt=self.semantic_prompt.value,
                 min_area_fraction=float(self.min_object_size.value) / 100.0,
                 finetune_steps=int(self.finetune_steps.value),
+                instance_threshold=(
+                    None if self.auto_threshold.value else float(self.instance_threshold.value)
+                ),
+                max_instances=int(self.max_instances.value),
+                stack_mode=self.stack_mode.value,
             ),
             finetune=bool(self.finetune.value),
+            learn_all_values=bool(self.learn_all_values.value),
+            instances=self.find_mode.value == EVERY_INSTANCE,
+            more_references=list(self.more_references.value or []),
+            extra_shots=list(self._extra_shots),
         )
 
     def _checkpoint_path(self) -> Path | None:
@@ -331,8 +521,10 @@ class PerSAMWidget(Container):
         self.last_slice.value = max(last, 0)
         self.targets.reset_choices()
         self.target_layers.reset_choices()
-        self.find_reference_slice.visible = is_stack
+        self.all_painted_slices.visible = is_stack
         self.reference_slice.visible = is_stack
+        self.stack_mode.visible = is_stack
+        self.more_references.reset_choices()
         self._update_visibility()
 
     def _update_visibility(self) -> None:
@@ -357,6 +549,28 @@ class PerSAMWidget(Container):
             for layer in self._viewer.layers
             if isinstance(layer, Image) and not layer.multiscale and image_kind(layer) == kind
         ]
+
+    def _reference_pairs(self, *_: object) -> list[tuple[str, tuple[Image, Labels]]]:
+        """Painted Labels layers other than the reference, each on the image it fits."""
+        image = self.image.value if hasattr(self, "image") else None
+        reference = self.reference.value if hasattr(self, "reference") else None
+        if image is None:
+            return []
+        images = [
+            layer
+            for layer in self._viewer.layers
+            if isinstance(layer, Image) and not layer.multiscale and layer.rgb == image.rgb
+        ]
+        pairs = []
+        for labels in self._viewer.layers:
+            if not isinstance(labels, Labels) or labels is reference:
+                continue
+            if METADATA_KEY in labels.metadata:
+                continue  # this plugin's outputs: add them with the button instead
+            for candidate in images:
+                if spatial_shape(candidate) == tuple(labels.data.shape):
+                    pairs.append((f"{labels.name} on {candidate.name}", (candidate, labels)))
+        return pairs
 
 
 def _device_choices() -> list[str]:
