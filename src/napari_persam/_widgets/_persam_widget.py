@@ -39,8 +39,9 @@ from napari_persam._widgets._job import (
     check_image,
     image_kind,
 )
-from napari_persam._widgets._layers import METADATA_KEY, output_labels, spatial_shape
-from napari_persam._widgets._run_state import CONTENT_KEY, RunState
+from napari_persam._widgets._layers import spatial_shape
+from napari_persam._widgets._more_references import reference_pairs, result_shot
+from napari_persam._widgets._run_state import RunState
 from napari_persam._widgets._runner import Job, LoadedModels, ModelChoice, ModelFactory, run_job
 from napari_persam.core.config import STACK_MODES, PerSAMConfig
 from napari_persam.core.models import DEFAULT_MODEL, TINY_MODEL, model_names
@@ -241,6 +242,7 @@ class PerSAMWidget(Container):
         ])  # fmt: skip
 
         self.image.changed.connect(self._on_image_changed)
+        self.reference.changed.connect(self._on_reference_changed)
         self.targets.changed.connect(self._on_targets_changed)
         self.all_painted_slices.changed.connect(self._on_all_slices_changed)
         self.learn_all_values.changed.connect(self._on_all_values_changed)
@@ -293,6 +295,9 @@ class PerSAMWidget(Container):
     # ------------------------------------------------------------------ slots
     def _on_image_changed(self, *_: object) -> None:
         self._update_for_image()
+
+    def _on_reference_changed(self, *_: object) -> None:
+        self.more_references.reset_choices()
 
     def _on_targets_changed(self, *_: object) -> None:
         self._update_visibility()
@@ -389,7 +394,9 @@ class PerSAMWidget(Container):
         viewer is changed.
         """
         try:
-            shot, where = self._result_shot()
+            image = check_image(self.image.value)
+            index = self._current_slice(image) if len(spatial_shape(image)) == 3 else None
+            shot, where = result_shot(self._viewer, image, slice_index=index)
         except ValueError as error:
             show_error(str(error))
             self.status.value = f"Not added: {error}"
@@ -404,35 +411,6 @@ class PerSAMWidget(Container):
         self._show_extra_count()
 
     # -------------------------------------------------------------- internals
-    def _result_shot(self) -> tuple[tuple[np.ndarray, np.ndarray], str]:
-        image = check_image(self.image.value)
-        result = output_labels(self._viewer, image)
-        if result is None:
-            raise ValueError(
-                f"Image {image.name!r} has no PerSAM result yet: press Run, correct the "
-                f"result in '{image.name} PerSAM' if needed, then add it as a reference."
-            )
-        index = self._current_slice(image) if len(spatial_shape(image)) == 3 else None
-        where = f"{result.name!r}" + ("" if index is None else f" slice {index}")
-        plane = np.asarray(result.data if index is None else result.data[index])
-        labels = plane.astype(np.int32)
-        content = result.metadata.get(CONTENT_KEY, {})
-        if content.get("instances"):
-            values = content.get("values") or [1]
-            classes = output_labels(self._viewer, image, "classes")
-            if len(values) > 1 and classes is not None:
-                labels = np.asarray(classes.data if index is None else classes.data[index])
-                labels = np.where(plane > 0, labels, 0).astype(np.int32)
-            else:
-                labels = np.where(plane > 0, values[0], 0).astype(np.int32)
-        if not labels.any():
-            raise ValueError(
-                f"{where} is empty here: paint the object on it (or go to a slice with a "
-                "result), then add it as a reference."
-            )
-        pixels = np.array(image.data if index is None else image.data[index])
-        return (pixels, labels), where
-
     def _show_extra_count(self) -> None:
         count = len(self._extra_shots)
         self.extra_references_count.value = f"{count} added"
@@ -533,6 +511,11 @@ class PerSAMWidget(Container):
         self.last_slice.visible = mode == SLICE_RANGE
         self.target_layers.visible = mode == IMAGE_LAYERS
 
+    def _reference_pairs(self, *_: object) -> list[tuple[str, tuple[Image, Labels]]]:
+        image = self.image.value if hasattr(self, "image") else None
+        reference = self.reference.value if hasattr(self, "reference") else None
+        return reference_pairs(self._viewer.layers, image=image, reference=reference)
+
     def _target_choices(self, *_: object) -> tuple[str, ...]:
         image = self.image.value if hasattr(self, "image") else None
         if image is not None and len(spatial_shape(image)) == 3:
@@ -549,28 +532,6 @@ class PerSAMWidget(Container):
             for layer in self._viewer.layers
             if isinstance(layer, Image) and not layer.multiscale and image_kind(layer) == kind
         ]
-
-    def _reference_pairs(self, *_: object) -> list[tuple[str, tuple[Image, Labels]]]:
-        """Painted Labels layers other than the reference, each on the image it fits."""
-        image = self.image.value if hasattr(self, "image") else None
-        reference = self.reference.value if hasattr(self, "reference") else None
-        if image is None:
-            return []
-        images = [
-            layer
-            for layer in self._viewer.layers
-            if isinstance(layer, Image) and not layer.multiscale and layer.rgb == image.rgb
-        ]
-        pairs = []
-        for labels in self._viewer.layers:
-            if not isinstance(labels, Labels) or labels is reference:
-                continue
-            if METADATA_KEY in labels.metadata:
-                continue  # this plugin's outputs: add them with the button instead
-            for candidate in images:
-                if spatial_shape(candidate) == tuple(labels.data.shape):
-                    pairs.append((f"{labels.name} on {candidate.name}", (candidate, labels)))
-        return pairs
 
 
 def _device_choices() -> list[str]:

@@ -14,12 +14,10 @@ from napari.layers import Image
 from napari.utils import progress
 
 from napari_persam._widgets._layers import OutputLayers, ensure_outputs, write_result
+from napari_persam._widgets._more_references import CONTENT_KEY
 from napari_persam._widgets._runner import Job
 from napari_persam.core.progress import Progress
 
-#: ``layer.metadata`` key of "<image> PerSAM": what its values mean, for
-#: "add result slice as reference" ({"instances": bool, "values": [int, ...]}).
-CONTENT_KEY = "napari_persam_content"
 #: Qt progress bars hold a 32-bit int; byte counts of large checkpoints are scaled down.
 _BAR_LIMIT = 2**31 - 1
 
