@@ -242,7 +242,11 @@ def test_sample_data_is_ready_to_run_and_screenshot(make_napari_viewer, qtbot):
     run_and_wait(qtbot, widget, timeout=600_000)
     assert viewer.layers["coins PerSAM"].data.shape == (303, 384)
     if screenshot:
-        viewer.window.resize(1500, 820)
+        # Show the every-instance controls too (instance ids, one colour per object).
+        widget.find_mode.value = "every instance"
+        widget.max_instances.value = 30
+        run_and_wait(qtbot, widget, timeout=600_000)
+        viewer.window.resize(1500, 900)
         viewer.layers.selection.active = viewer.layers["coins PerSAM"]
         qtbot.wait(200)
         Path(screenshot).parent.mkdir(parents=True, exist_ok=True)

@@ -129,6 +129,7 @@ def test_every_painted_slice_is_a_reference(viewer, open_widget, qtbot):
     widget.targets.value = "this slice"
     viewer.dims.set_current_step(0, 2)
     assert widget.all_painted_slices.value and not widget.reference_slice.enabled
+    assert widget.more_references.native.isHidden()  # no other painted layer to offer
 
     messages = _messages(qtbot, widget)
     assert "learning the object from 2 reference(s)" in messages
@@ -155,6 +156,7 @@ def test_other_painted_pairs_can_be_references(viewer, open_widget, qtbot):
     widget = open_widget()
     widget.image.value = viewer.layers["a"]
     widget.reference.value = viewer.layers["ref a"]
+    assert not widget.more_references.native.isHidden()
     # Offered: each other painted layer on the image it fits (not "ref a", in use).
     assert list(widget.more_references.choices) == [(viewer.layers["b"], viewer.layers["ref b"])]
     widget.more_references.value = [(viewer.layers["b"], viewer.layers["ref b"])]

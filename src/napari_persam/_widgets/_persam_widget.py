@@ -121,6 +121,7 @@ class PerSAMWidget(Container):
             choices=self._reference_pairs,
             tooltip="Other painted Labels layers (on their image) to learn from too.",
         )
+        self.more_references.native.setMaximumHeight(90)
         self.add_reference_button = PushButton(
             text="add result slice as reference", name="add_reference_button"
         )
@@ -297,7 +298,7 @@ class PerSAMWidget(Container):
         self._update_for_image()
 
     def _on_reference_changed(self, *_: object) -> None:
-        self.more_references.reset_choices()
+        self._refresh_pairs()
 
     def _on_targets_changed(self, *_: object) -> None:
         self._update_visibility()
@@ -502,7 +503,7 @@ class PerSAMWidget(Container):
         self.all_painted_slices.visible = is_stack
         self.reference_slice.visible = is_stack
         self.stack_mode.visible = is_stack
-        self.more_references.reset_choices()
+        self._refresh_pairs()
         self._update_visibility()
 
     def _update_visibility(self) -> None:
@@ -510,6 +511,16 @@ class PerSAMWidget(Container):
         self.first_slice.visible = mode == SLICE_RANGE
         self.last_slice.visible = mode == SLICE_RANGE
         self.target_layers.visible = mode == IMAGE_LAYERS
+
+    def reset_choices(self, *_: object) -> None:
+        """Refresh the layer pickers (napari calls this when layers change)."""
+        super().reset_choices()
+        self._refresh_pairs()
+
+    def _refresh_pairs(self) -> None:
+        self.more_references.reset_choices()
+        # Only offered when there is something to offer: it is a rare need.
+        self.more_references.visible = len(self.more_references.choices) > 0
 
     def _reference_pairs(self, *_: object) -> list[tuple[str, tuple[Image, Labels]]]:
         image = self.image.value if hasattr(self, "image") else None
