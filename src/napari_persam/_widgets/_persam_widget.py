@@ -11,24 +11,14 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    PushButton,
-    Select,
-    SpinBox,
-    create_widget,
-)
+from magicgui.widgets import Container
 from napari.layers import Image, Labels
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
+from napari_persam._widgets import _controls as controls
 from napari_persam._widgets._job import (
     IMAGE_LAYERS,
     SLICE_RANGE,
@@ -43,14 +33,9 @@ from napari_persam._widgets._layers import spatial_shape
 from napari_persam._widgets._more_references import reference_pairs, result_shot
 from napari_persam._widgets._run_state import RunState
 from napari_persam._widgets._runner import Job, LoadedModels, ModelChoice, ModelFactory, run_job
-from napari_persam.core.config import STACK_MODES, PerSAMConfig
-from napari_persam.core.models import DEFAULT_MODEL, TINY_MODEL, model_names
+from napari_persam.core.config import PerSAMConfig
+from napari_persam.core.models import TINY_MODEL
 from napari_persam.core.progress import Progress
-
-_MAX_LABEL = 2**31 - 1
-ONE_OBJECT = "one object"
-EVERY_INSTANCE = "every instance"
-FIND_MODES = (ONE_OBJECT, EVERY_INSTANCE)
 
 
 class PerSAMWidget(Container):
@@ -89,148 +74,42 @@ class PerSAMWidget(Container):
         self.worker: GeneratorWorker | None = None
         self.job: Job | None = None
 
-        self.image = create_widget(annotation=Image, label="image", name="image")
-        self.reference = create_widget(annotation=Labels, label="reference", name="reference")
-        self.label_value = SpinBox(
-            label="label value (0: most painted)",
-            name="label_value",
-            min=0,
-            max=_MAX_LABEL,
-            value=0,
-            tooltip="The painted value to learn; 0 takes the value with the most pixels.",
-        )
-        self.learn_all_values = CheckBox(
-            text="learn every painted value (one class each)",
-            name="learn_all_values",
-            value=False,
-            tooltip="Each painted label value is its own kind of object; results keep the values.",
-        )
-        self.all_painted_slices = CheckBox(
-            text="learn from every painted slice",
-            name="all_painted_slices",
-            value=True,
-            tooltip="Every slice with painting is a reference (few-shot). Untick to "
-            "learn from one slice only.",
-        )
-        self.reference_slice = SpinBox(
-            label="reference slice", name="reference_slice", min=0, max=0, enabled=False
-        )
-        self.more_references = Select(
-            label="more references",
-            name="more_references",
-            choices=self._reference_pairs,
-            tooltip="Other painted Labels layers (on their image) to learn from too.",
-        )
-        self.more_references.native.setMaximumHeight(90)
-        self.add_reference_button = PushButton(
-            text="add result slice as reference", name="add_reference_button"
-        )
-        self.add_reference_button.tooltip = (
-            "Copy the slice shown of '<image> PerSAM' (correct it first by painting on "
-            "it) and its image into this widget's extra references, used by the next "
-            "Run. Your layers are not changed."
-        )
-        self.extra_references_count = Label(value="", name="extra_references_count")
-        self.clear_references_button = PushButton(text="clear", name="clear_references_button")
-        extra_row = Container(
-            widgets=[
-                self.add_reference_button,
-                self.extra_references_count,
-                self.clear_references_button,
-            ],
-            layout="horizontal",
-            labels=False,
+        self.image = controls.image()
+        self.reference = controls.reference()
+        self.label_value = controls.label_value()
+        self.learn_all_values = controls.learn_all_values()
+        self.all_painted_slices = controls.all_painted_slices()
+        self.reference_slice = controls.reference_slice()
+        self.more_references = controls.more_references(self._reference_pairs)
+        self.add_reference_button = controls.add_reference_button()
+        self.extra_references_count = controls.extra_references_count()
+        self.clear_references_button = controls.clear_references_button()
+        extra_row = controls.row(
+            self.add_reference_button,
+            self.extra_references_count,
+            self.clear_references_button,
             name="extra_references",
         )
-        extra_row.margins = (0, 0, 0, 0)
-        self.find_mode = ComboBox(
-            label="find", name="find_mode", choices=FIND_MODES, value=ONE_OBJECT,
-            tooltip="One object per label value, or every instance (an id per object).",
-        )  # fmt: skip
-        self.auto_threshold = CheckBox(
-            text="instance threshold from the reference", name="auto_threshold", value=True
-        )
-        self.instance_threshold = FloatSpinBox(
-            label="instance threshold",
-            name="instance_threshold",
-            min=-1.0,
-            max=1.0,
-            step=0.05,
-            value=0.5,
-            enabled=False,
-            tooltip="Similarity a place needs to be tried as an instance (lower finds more).",
-        )
-        self.max_instances = SpinBox(
-            label="max instances",
-            name="max_instances",
-            min=1,
-            max=10_000,
-            value=PerSAMConfig().max_instances,
-        )
-        self.stack_mode = ComboBox(
-            label="stack mode",
-            name="stack_mode",
-            choices=STACK_MODES,
-            value=PerSAMConfig().stack_mode,
-            tooltip="propagate: each slice is also prompted with its neighbour's result, "
-            "outward from the reference slice; independent: each slice on its own.",
-        )
-        self.targets = ComboBox(label="segment", name="targets", choices=self._target_choices)
-        self.first_slice = SpinBox(label="first slice", name="first_slice", min=0, max=0)
-        self.last_slice = SpinBox(label="last slice", name="last_slice", min=0, max=0)
-        self.target_layers = Select(
-            label="image layers",
-            name="target_layers",
-            choices=self._same_kind_layers,
-            tooltip="Images like the reference image to segment (Ctrl/Shift for several).",
-        )
-        self.model = ComboBox(
-            label="model",
-            name="model",
-            choices=model_names(),
-            value=DEFAULT_MODEL,
-            tooltip=f"'{TINY_MODEL}' is a small random SAM for trying the plugin out.",
-        )
-        self.checkpoint = FileEdit(
-            label="checkpoint",
-            name="checkpoint",
-            mode="r",
-            filter="*.pth *.pt",
-            nullable=True,
-            tooltip="Leave empty to use the published weights: downloaded once, checked, "
-            "and kept in the cache folder. Or choose your own weights file.",
-        )
-        self.device = ComboBox(label="device", name="device", choices=_device_choices())
-        self.finetune = CheckBox(
-            text="PerSAM-F (fit mask weights to the reference)", name="finetune", value=False
-        )
-        self.finetune_steps = SpinBox(
-            label="PerSAM-F steps",
-            name="finetune_steps",
-            min=1,
-            max=100_000,
-            value=PerSAMConfig().finetune_steps,
-            tooltip="Training steps of the mask weights (the paper uses 1000).",
-        )
-        self.target_guided_attention = CheckBox(
-            text="target-guided attention", name="target_guided_attention", value=True
-        )
-        self.semantic_prompt = CheckBox(
-            text="target-semantic prompt", name="semantic_prompt", value=True
-        )
-        self.min_object_size = FloatSpinBox(
-            label="min object size (% of image)",
-            name="min_object_size",
-            min=0.0,
-            max=50.0,
-            step=0.05,
-            value=100 * PerSAMConfig().min_area_fraction,
-            tooltip="Smaller pieces of the result are removed; 0 keeps everything.",
-        )
-        self.run_button = PushButton(text="Run", name="run_button")
-        self.cancel_button = PushButton(text="Cancel", name="cancel_button", enabled=False)
-        self.status = Label(value="", name="status", label="")
-        self.status.native.setWordWrap(True)
+        self.find_mode = controls.find_mode()
+        self.auto_threshold = controls.auto_threshold()
+        self.instance_threshold = controls.instance_threshold()
+        self.max_instances = controls.max_instances()
+        self.stack_mode = controls.stack_mode()
+        self.targets = controls.targets(self._target_choices)
+        self.first_slice = controls.first_slice()
+        self.last_slice = controls.last_slice()
+        self.target_layers = controls.target_layers(self._same_kind_layers)
+        self.model = controls.model()
+        self.checkpoint = controls.checkpoint()
+        self.device = controls.device()
+        self.finetune = controls.finetune()
+        self.finetune_steps = controls.finetune_steps()
+        self.target_guided_attention = controls.target_guided_attention()
+        self.semantic_prompt = controls.semantic_prompt()
+        self.min_object_size = controls.min_object_size()
+        self.run_button = controls.run_button()
+        self.cancel_button = controls.cancel_button()
+        self.status = controls.status()
 
         self.extend([
             self.image, self.reference, self.label_value, self.learn_all_values,
@@ -310,7 +189,7 @@ class PerSAMWidget(Container):
         self.label_value.enabled = not self.learn_all_values.value
 
     def _on_find_mode_changed(self, *_: object) -> None:
-        instances = self.find_mode.value == EVERY_INSTANCE
+        instances = self.find_mode.value == controls.EVERY_INSTANCE
         for widget in (self.auto_threshold, self.instance_threshold, self.max_instances):
             widget.visible = instances
 
@@ -448,7 +327,7 @@ class PerSAMWidget(Container):
             ),
             finetune=bool(self.finetune.value),
             learn_all_values=bool(self.learn_all_values.value),
-            instances=self.find_mode.value == EVERY_INSTANCE,
+            instances=self.find_mode.value == controls.EVERY_INSTANCE,
             more_references=list(self.more_references.value or []),
             extra_shots=list(self._extra_shots),
         )
@@ -543,13 +422,6 @@ class PerSAMWidget(Container):
             for layer in self._viewer.layers
             if isinstance(layer, Image) and not layer.multiscale and image_kind(layer) == kind
         ]
-
-
-def _device_choices() -> list[str]:
-    # Opening the widget (not listing the plugin) is when torch is first needed.
-    from napari_persam.core.devices import available_devices
-
-    return ["auto", *available_devices()]
 
 
 __all__ = ["PerSAMWidget"]
