@@ -264,3 +264,13 @@ def test_widget_lists_the_registry_and_devices(viewer, open_widget):
     assert widget.finetune_steps.native.isHidden()
     widget.finetune.value = True
     assert not widget.finetune_steps.native.isHidden()
+    # Every-instance options only in that mode; the stack mode only for stacks.
+    assert widget.max_instances.native.isHidden() and widget.stack_mode.native.isHidden()
+    widget.find_mode.value = "every instance"
+    assert not widget.max_instances.native.isHidden()
+    assert not widget.instance_threshold.enabled
+    widget.auto_threshold.value = False
+    assert widget.instance_threshold.enabled
+    viewer.add_image(np.zeros((3, 16, 16), np.float32), name="stack")
+    widget.image.value = viewer.layers["stack"]
+    assert not widget.stack_mode.native.isHidden() and widget.stack_mode.value == "propagate"

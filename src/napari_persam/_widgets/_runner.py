@@ -29,7 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_persam.core.embeddings import EmbeddingCache
 
 #: ``factory(name, *, checkpoint, device)`` -> generator yielding Progress and
-#: returning a ``Sam``; :func:`napari_persam.core.models.iter_load_model` is the default.
+#: returning a ``Sam``; :func:`napari_persam.core.models.iter_load_model` is the default
+#: (it downloads the published checkpoint when ``checkpoint`` is None). Steps with
+#: ``total`` above 1 count bytes (download, hashing) and go to the progress bar.
 ModelFactory = Callable[..., Generator[Progress, None, "Sam"]]
 
 
