@@ -16,18 +16,16 @@ from napari_persam._widgets._job import (
     build_job,
 )
 from napari_persam._widgets._layers import ensure_outputs, write_result
-from napari_persam._widgets._runner import ModelChoice
-from napari_persam.core.concept import Segmentation
+from napari_persam._widgets._runner import ModelChoice, SliceResult
 from napari_persam.core.config import PerSAMConfig
 
 
-def _segmentation(mask: np.ndarray, fill: float) -> Segmentation:
-    return Segmentation(
-        mask=mask,
+def _result(mask: np.ndarray, fill: float, value: int, classes=None) -> SliceResult:
+    return SliceResult(
+        labels=np.where(mask, value, 0).astype(np.int32),
         similarity=np.full(mask.shape, fill, dtype=np.float32),
-        score=0.5,
-        points=np.zeros((1, 2)),
-        point_labels=np.ones(1, dtype=np.int64),
+        classes=classes,
+        objects=int(mask.any()),
     )
 
 
@@ -37,7 +35,7 @@ def test_outputs_copy_placement_and_are_reused_in_place():
         np.zeros((3, 6, 8, 3), np.uint8), rgb=True, name="cells", scale=(2, 0.5, 0.5),
         translate=(1, 2, 3),
     )  # fmt: skip
-    outputs = ensure_outputs(viewer, image, value=300)
+    outputs = ensure_outputs(viewer, image, dtype=np.uint16)
     assert outputs.labels.name == "cells PerSAM" and outputs.similarity.name == "cells similarity"
     assert outputs.labels.data.shape == (3, 6, 8) and outputs.labels.data.dtype == np.uint16
     assert outputs.similarity.data.dtype == np.float32
@@ -48,25 +46,36 @@ def test_outputs_copy_placement_and_are_reused_in_place():
 
     mask = np.zeros((6, 8), bool)
     mask[1:3, 2:5] = True
-    write_result(outputs, _segmentation(mask, 0.25), slice_index=1, value=300)
+    write_result(outputs, _result(mask, 0.25, 300), slice_index=1)
     assert set(np.unique(outputs.labels.data[1])) == {0, 300}
     assert (outputs.labels.data[1] == 300).sum() == 6
     assert not outputs.labels.data[[0, 2]].any()
     assert np.all(outputs.similarity.data[1] == 0.25) and not outputs.similarity.data[0].any()
 
     data = outputs.labels.data
-    again = ensure_outputs(viewer, image, value=7)
+    again = ensure_outputs(viewer, image, dtype=np.uint8)
     assert again.labels is outputs.labels and again.labels.data is data  # in place
-    assert len(viewer.layers) == 3
+    assert len(viewer.layers) == 3 and again.classes is None
+
+    # Instance ids need int32: the labels are converted, the finished slice kept.
+    wider = ensure_outputs(viewer, image, dtype=np.int32, classes_dtype=np.uint16)
+    assert wider.labels is outputs.labels and wider.labels.data.dtype == np.int32
+    assert (wider.labels.data[1] == 300).sum() == 6
+    assert wider.classes.name == "cells classes" and wider.classes.data.dtype == np.uint16
+    assert not wider.classes.visible
+    classes = np.where(mask, 300, 0).astype(np.int32)
+    write_result(wider, _result(mask, 0.5, 70000, classes), slice_index=2)
+    assert (wider.labels.data[2] == 70000).sum() == 6
+    np.testing.assert_array_equal(wider.classes.data[2], classes)
 
 
 def test_a_user_layer_with_the_output_name_is_never_written():
     viewer = ViewerModel()
     image = viewer.add_image(np.zeros((4, 4)), name="img")
     mine = viewer.add_labels(np.full((4, 4), 9, np.uint8), name="img PerSAM")
-    outputs = ensure_outputs(viewer, image, value=1)
+    outputs = ensure_outputs(viewer, image, dtype=np.uint8)
     assert outputs.labels is not mine
-    write_result(outputs, _segmentation(np.ones((4, 4), bool), 0.5), slice_index=None, value=1)
+    write_result(outputs, _result(np.ones((4, 4), bool), 0.5, 1), slice_index=None)
     assert np.all(mine.data == 9)
 
 
@@ -97,16 +106,42 @@ def _stack() -> tuple[Image, Labels]:
 
 def test_job_for_a_stack_copies_the_reference_slice():
     image, reference = _stack()
-    job, value = build_job(_request(image, reference))
-    assert value == 5
+    job = build_job(_request(image, reference))
+    assert job.values == (5,) and job.reference_index == 2
     assert [t.slice_index for t in job.targets] == [0, 1, 2, 3]
-    np.testing.assert_array_equal(job.reference_image, image.data[2])
-    assert not np.shares_memory(job.reference_image, image.data)
-    assert job.reference_mask.sum() == 9
-    job, _ = build_job(_request(image, reference, target_mode=SLICE_RANGE, slice_range=(1, 2)))
+    ((shot_image, shot_labels),) = job.shots
+    np.testing.assert_array_equal(shot_image, image.data[2])
+    assert not np.shares_memory(shot_image, image.data)
+    assert (shot_labels == 5).sum() == 9
+    job = build_job(_request(image, reference, target_mode=SLICE_RANGE, slice_range=(1, 2)))
     assert [t.slice_index for t in job.targets] == [1, 2]
-    job, _ = build_job(_request(image, reference, target_mode=THIS_SLICE, current_slice=3))
+    job = build_job(_request(image, reference, target_mode=THIS_SLICE, current_slice=3))
     assert [t.slice_index for t in job.targets] == [3]
+
+
+def test_job_learns_every_value_from_every_painted_slice_and_pair():
+    image, reference = _stack()
+    reference.data[0, 5:7, 5:7] = 5
+    reference.data[3, 5:8, 5:8] = 2
+    job = build_job(_request(image, reference))
+    assert job.values == (5,) and len(job.shots) == 2  # the slices holding 5
+    job = build_job(_request(image, reference, learn_all_values=True))
+    assert job.values == (2, 5) and len(job.shots) == 3
+    job = build_job(_request(image, reference, reference_slice=2))
+    assert len(job.shots) == 1
+
+    other = Image(np.ones((6, 6), np.float32), name="other")
+    painted = np.zeros((6, 6), np.uint8)
+    painted[1:3, 1:3] = 5
+    other_labels = Labels(painted, name="other ref")
+    extra = (np.zeros((8, 8), np.float32), np.full((8, 8), 7, np.int32))  # holds no 5
+    job = build_job(
+        _request(image, reference, more_references=[(other, other_labels)], extra_shots=[extra])
+    )
+    assert len(job.shots) == 3 and job.shots[-1][0].shape == (6, 6)
+    with pytest.raises(ValueError, match="holds none of the label value"):
+        build_job(_request(image, reference, label_value=2, reference_slice=3,
+                           more_references=[(other, other_labels)]))  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_persam._widgets._reference import most_painted_label, painted_slices, reference_mask
+from napari_persam._widgets._reference import (
+    most_painted_label,
+    painted_slices,
+    painted_values,
+    reference_shots,
+)
 
 
 def test_most_painted_label_counts_pixels_over_all_slices():
@@ -30,32 +35,36 @@ def test_most_painted_label_of_an_empty_layer_says_to_paint():
         most_painted_label(np.zeros((4, 4), dtype=np.uint8))
 
 
-def test_reference_mask_2d_is_a_new_array():
+def test_reference_shot_2d_is_a_new_array_of_the_chosen_values():
+    image = np.arange(25, dtype=np.float32).reshape(5, 5)
     labels = np.zeros((5, 5), dtype=np.uint8)
     labels[1:3, 1:3] = 4
-    mask, used = reference_mask(labels, value=4)
-    assert used is None
-    assert mask.dtype == bool and mask.sum() == 4
-    mask[:] = True
-    assert labels.sum() == 16  # the user's layer is untouched
+    labels[4, 4] = 2
+    shots, main = reference_shots(image, labels, values=[4])
+    assert main is None and len(shots) == 1
+    shot_image, shot_labels = shots[0]
+    assert shot_labels.dtype == np.int32 and set(np.unique(shot_labels)) == {0, 4}
+    shot_labels[:] = 1
+    shot_image[:] = 0
+    assert labels.sum() == 18 and image.sum() == 300  # the user's arrays are untouched
 
 
-def test_reference_slice_is_found_when_one_slice_is_painted():
-    labels = np.zeros((5, 8, 8), dtype=np.uint8)
-    labels[3, 2:4, 2:4] = 1
-    assert painted_slices(labels, 1) == [3]
-    mask, used = reference_mask(labels, value=1)
-    assert used == 3 and mask.sum() == 4
-
-
-def test_painting_on_several_slices_asks_for_one():
+def test_every_painted_slice_is_a_shot_and_the_largest_is_the_main_one():
+    image = np.random.default_rng(0).random((5, 8, 8))
     labels = np.zeros((5, 8, 8), dtype=np.uint8)
     labels[1, :2, :2] = 1
-    labels[3, :2, :2] = 1
-    with pytest.raises(ValueError, match=r"painted on 2 slices \(1, 3\).*choose the one slice"):
-        reference_mask(labels, value=1)
-    mask, used = reference_mask(labels, value=1, slice_index=3)
-    assert used == 3 and mask.sum() == 4
+    labels[3, :3, :3] = 1
+    labels[3, 6:, 6:] = 2
+    assert painted_slices(labels, 1) == [1, 3]
+    assert painted_values(labels) == [1, 2]
+    shots, main = reference_shots(image, labels, values=[1])
+    assert main == 3 and len(shots) == 2
+    np.testing.assert_array_equal(shots[0][0], image[1])
+    assert set(np.unique(shots[1][1])) == {0, 1}  # value 2 is left out
+    shots, main = reference_shots(image, labels, values=[1, 2])
+    assert set(np.unique(shots[1][1])) == {0, 1, 2}
+    shots, main = reference_shots(image, labels, values=[1], slice_index=1)
+    assert main == 1 and len(shots) == 1 and shots[0][1].sum() == 4
 
 
 @pytest.mark.parametrize(
@@ -67,8 +76,8 @@ def test_painting_on_several_slices_asks_for_one():
         (1, 9, "outside the stack"),
     ],
 )
-def test_reference_mask_errors_say_what_to_do(value, slice_index, message):
+def test_reference_errors_say_what_to_do(value, slice_index, message):
     labels = np.zeros((3, 8, 8), dtype=np.uint8)
     labels[2, :2, :2] = 1
     with pytest.raises(ValueError, match=message):
-        reference_mask(labels, value=value, slice_index=slice_index)
+        reference_shots(np.zeros((3, 8, 8)), labels, values=[value], slice_index=slice_index)

@@ -183,30 +183,36 @@ def test_errors_become_notifications_and_the_viewer_keeps_working(
     assert any("empty: paint" in message for message in notifications)
 
     reference.data = _reference((32, 32))
-    widget.model.value = "vit_b"  # a real model without its weights file
+
+    def broken(name, *, checkpoint, device):
+        raise ValueError(f"Checkpoint {checkpoint} is not a {name} checkpoint.")
+        yield
+
+    widget.model_factory = broken
+    widget.model.value = "vit_b"
     run_and_wait(qtbot, widget)
-    assert any("No checkpoint given" in message for message in notifications)
+    assert any("is not a vit_b checkpoint" in message for message in notifications)
     assert widget.status.value.startswith("Failed")
     assert "img PerSAM" not in viewer.layers
 
     viewer.add_points([[1, 1]])  # the viewer still works...
+    widget.model_factory = None
     widget.model.value = "tiny"
     run_and_wait(qtbot, widget)  # ...and so does the widget
     assert "img PerSAM" in viewer.layers
 
 
-def test_ambiguous_reference_needs_a_chosen_slice(viewer, open_widget, qtbot, notifications):
+def test_a_chosen_reference_slice_must_hold_the_painting(viewer, open_widget, qtbot, notifications):
     viewer.add_image(squares((4, 32, 32)), name="stack")
-    painted = _reference((4, 32, 32), slice_index=1)
-    painted[3] = painted[1]
-    viewer.add_labels(painted, name="ref")
+    viewer.add_labels(_reference((4, 32, 32), slice_index=1), name="ref")
     widget = open_widget()
+    widget.all_painted_slices.value = False
+    widget.reference_slice.value = 3
     widget.run_button.native.click()
     assert widget.worker is None
-    assert any("painted on 2 slices (1, 3)" in message for message in notifications)
+    assert any("not painted on slice 3" in message for message in notifications)
 
-    widget.find_reference_slice.value = False
-    widget.reference_slice.value = 3
+    widget.reference_slice.value = 1
     viewer.dims.set_current_step(0, 2)
     run_and_wait(qtbot, widget)
     assert _written(viewer.layers["stack similarity"].data) == [2]
@@ -236,7 +242,11 @@ def test_sample_data_is_ready_to_run_and_screenshot(make_napari_viewer, qtbot):
     run_and_wait(qtbot, widget, timeout=600_000)
     assert viewer.layers["coins PerSAM"].data.shape == (303, 384)
     if screenshot:
-        viewer.window.resize(1500, 820)
+        # Show the every-instance controls too (instance ids, one colour per object).
+        widget.find_mode.value = "every instance"
+        widget.max_instances.value = 30
+        run_and_wait(qtbot, widget, timeout=600_000)
+        viewer.window.resize(1500, 900)
         viewer.layers.selection.active = viewer.layers["coins PerSAM"]
         qtbot.wait(200)
         Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
@@ -254,3 +264,13 @@ def test_widget_lists_the_registry_and_devices(viewer, open_widget):
     assert widget.finetune_steps.native.isHidden()
     widget.finetune.value = True
     assert not widget.finetune_steps.native.isHidden()
+    # Every-instance options only in that mode; the stack mode only for stacks.
+    assert widget.max_instances.native.isHidden() and widget.stack_mode.native.isHidden()
+    widget.find_mode.value = "every instance"
+    assert not widget.max_instances.native.isHidden()
+    assert not widget.instance_threshold.enabled
+    widget.auto_threshold.value = False
+    assert widget.instance_threshold.enabled
+    viewer.add_image(np.zeros((3, 16, 16), np.float32), name="stack")
+    widget.image.value = viewer.layers["stack"]
+    assert not widget.stack_mode.native.isHidden() and widget.stack_mode.value == "propagate"

@@ -14,7 +14,11 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from napari_persam._widgets._layers import spatial_shape
-from napari_persam._widgets._reference import most_painted_label, reference_mask
+from napari_persam._widgets._reference import (
+    most_painted_label,
+    painted_values,
+    reference_shots,
+)
 from napari_persam._widgets._runner import Job, ModelChoice, Target, slice_targets
 from napari_persam.core.config import PerSAMConfig
 
@@ -39,8 +43,10 @@ class Request:
     reference : Labels layer or None
     label_value : int
         0 means "the value with the most painted pixels".
+    learn_all_values : bool
+        Learn every painted value as its own class (``label_value`` is ignored).
     reference_slice : int or None
-        ``None`` finds the painted slice.
+        Learn from this slice of a stack only; ``None`` uses every painted slice.
     target_mode : str
         One of :data:`TARGETS_2D` or :data:`TARGETS_3D`.
     current_slice : int
@@ -52,6 +58,13 @@ class Request:
     model : ModelChoice
     config : PerSAMConfig
     finetune : bool
+    instances : bool
+        Every instance instead of one object per value.
+    more_references : sequence of (Image, Labels)
+        Other painted image/labels pairs to learn from too (every painted slice).
+    extra_shots : sequence of (image, labels)
+        References kept by the widget ("add this slice as a reference"): an image
+        (Y, X[, C]) and its (Y, X) int label image.
     """
 
     image: Image | None
@@ -65,6 +78,10 @@ class Request:
     model: ModelChoice
     config: PerSAMConfig
     finetune: bool
+    learn_all_values: bool = False
+    instances: bool = False
+    more_references: Sequence[tuple[Image, Labels]] = ()
+    extra_shots: Sequence[tuple[np.ndarray, np.ndarray]] = ()
 
 
 def image_kind(image: Image) -> tuple[bool, int]:
@@ -91,17 +108,47 @@ def check_image(image: Image | None) -> Image:
     return image
 
 
-def build_job(request: Request) -> tuple[Job, int]:
-    """The job to run and the label value its results are written with.
+def build_job(request: Request) -> Job:
+    """The job to run, with copies of every reference it learns from.
 
     Raises
     ------
     ValueError
-        For a missing or unsuitable layer, an empty or ambiguous reference, or
-        impossible targets; the message says what to do.
+        For a missing or unsuitable layer, an empty reference, or impossible
+        targets; the message says what to do.
     """
     image = check_image(request.image)
-    reference = request.reference
+    reference = _check_labels(request.reference, image)
+    labels = np.asarray(reference.data)
+    if request.learn_all_values:
+        values = painted_values(labels)
+        if not values:
+            most_painted_label(labels)  # raises the "empty: paint" message
+    else:
+        values = [request.label_value or most_painted_label(labels)]
+    slice_index = request.reference_slice if len(spatial_shape(image)) == 3 else None
+    shots, main_slice = reference_shots(image.data, labels, values=values, slice_index=slice_index)
+    for other_image, other_labels in request.more_references:
+        if other_image is image and other_labels is reference:
+            continue
+        shots.extend(_pair_shots(other_image, other_labels, image, values))
+    for extra_image, extra_labels in request.extra_shots:
+        kept = np.where(np.isin(extra_labels, values), extra_labels, 0).astype(np.int32)
+        if kept.any():
+            shots.append((extra_image, kept))
+    return Job(
+        model=request.model,
+        config=request.config,
+        finetune=request.finetune,
+        shots=tuple(shots),
+        values=tuple(int(v) for v in values),
+        targets=_targets(request, image),
+        instances=request.instances,
+        reference_index=main_slice,
+    )
+
+
+def _check_labels(reference: Labels | None, image: Image) -> Labels:
     if reference is None:
         raise ValueError(
             "Choose a reference Labels layer: add one (Layers > New Labels Layer) and "
@@ -114,22 +161,30 @@ def build_job(request: Request) -> tuple[Job, int]:
             f"but image {image.name!r} is {shape}; paint on a Labels layer made for this "
             "image (select the image, then Layers > New Labels Layer)."
         )
-    labels = np.asarray(reference.data)
-    value = request.label_value or most_painted_label(labels)
-    slice_index = request.reference_slice if len(shape) == 3 else None
-    mask, used_slice = reference_mask(labels, value=value, slice_index=slice_index)
-    # Copies: the user may paint or edit the image while the worker runs.
-    source = image.data if used_slice is None else image.data[used_slice]
-    reference_image = np.array(source)
-    job = Job(
-        model=request.model,
-        config=request.config,
-        finetune=request.finetune,
-        reference_image=reference_image,
-        reference_mask=mask,
-        targets=_targets(request, image),
-    )
-    return job, int(value)
+    return reference
+
+
+def _pair_shots(
+    image: Image, labels: Labels, main: Image, values: Sequence[int]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shots from another painted image/labels pair (every painted slice)."""
+    check_image(image)
+    if image_kind(image)[0] != image_kind(main)[0]:
+        raise ValueError(
+            f"Reference image {image.name!r} is not {'RGB' if main.rgb else 'grey'} like "
+            f"{main.name!r}; choose references of the same kind."
+        )
+    _check_labels(labels, image)
+    array = np.asarray(labels.data)
+    present = [v for v in values if v in painted_values(array)]
+    if not present:
+        raise ValueError(
+            f"The extra reference {labels.name!r} holds none of the label value(s) "
+            f"{', '.join(map(str, values))}; paint them there or remove it from "
+            "'more references'."
+        )
+    shots, _ = reference_shots(image.data, array, values=present)
+    return shots
 
 
 def _targets(request: Request, image: Image) -> tuple[Target, ...]:

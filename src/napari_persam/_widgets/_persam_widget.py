@@ -10,23 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FileEdit,
-    FloatSpinBox,
-    Label,
-    PushButton,
-    Select,
-    SpinBox,
-    create_widget,
-)
+import numpy as np
+from magicgui.widgets import Container
 from napari.layers import Image, Labels
 from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
+from napari_persam._widgets import _controls as controls
 from napari_persam._widgets._job import (
     IMAGE_LAYERS,
     SLICE_RANGE,
@@ -34,16 +26,16 @@ from napari_persam._widgets._job import (
     TARGETS_3D,
     Request,
     build_job,
+    check_image,
     image_kind,
 )
 from napari_persam._widgets._layers import spatial_shape
+from napari_persam._widgets._more_references import reference_pairs, result_shot
 from napari_persam._widgets._run_state import RunState
-from napari_persam._widgets._runner import LoadedModels, ModelChoice, ModelFactory, run_job
+from napari_persam._widgets._runner import Job, LoadedModels, ModelChoice, ModelFactory, run_job
 from napari_persam.core.config import PerSAMConfig
-from napari_persam.core.models import DEFAULT_MODEL, TINY_MODEL, model_names
+from napari_persam.core.models import TINY_MODEL
 from napari_persam.core.progress import Progress
-
-_MAX_LABEL = 2**31 - 1
 
 
 class PerSAMWidget(Container):
@@ -66,6 +58,9 @@ class PerSAMWidget(Container):
     ----------
     worker : GeneratorWorker or None
         The running worker; ``None`` when idle.
+    job : Job or None
+        What the latest Run was given (references as ``job.shots``, label values,
+        targets, config); for scripts and tests that check what a Run used.
     """
 
     def __init__(
@@ -75,94 +70,66 @@ class PerSAMWidget(Container):
         self._viewer = napari_viewer
         self._models = LoadedModels(model_factory)
         self._run: RunState | None = None
+        self._extra_shots: list[tuple[np.ndarray, np.ndarray]] = []
         self.worker: GeneratorWorker | None = None
+        self.job: Job | None = None
 
-        self.image = create_widget(annotation=Image, label="image", name="image")
-        self.reference = create_widget(annotation=Labels, label="reference", name="reference")
-        self.label_value = SpinBox(
-            label="label value (0: most painted)",
-            name="label_value",
-            min=0,
-            max=_MAX_LABEL,
-            value=0,
-            tooltip="The painted value to learn; 0 takes the value with the most pixels.",
+        self.image = controls.image()
+        self.reference = controls.reference()
+        self.label_value = controls.label_value()
+        self.learn_all_values = controls.learn_all_values()
+        self.all_painted_slices = controls.all_painted_slices()
+        self.reference_slice = controls.reference_slice()
+        self.more_references = controls.more_references(self._reference_pairs)
+        self.add_reference_button = controls.add_reference_button()
+        self.extra_references_count = controls.extra_references_count()
+        self.clear_references_button = controls.clear_references_button()
+        extra_row = controls.row(
+            self.add_reference_button,
+            self.extra_references_count,
+            self.clear_references_button,
+            name="extra_references",
         )
-        self.find_reference_slice = CheckBox(
-            text="find reference slice",
-            name="find_reference_slice",
-            value=True,
-            tooltip="Use the one slice that holds the painting.",
-        )
-        self.reference_slice = SpinBox(
-            label="reference slice", name="reference_slice", min=0, max=0, enabled=False
-        )
-        self.targets = ComboBox(label="segment", name="targets", choices=self._target_choices)
-        self.first_slice = SpinBox(label="first slice", name="first_slice", min=0, max=0)
-        self.last_slice = SpinBox(label="last slice", name="last_slice", min=0, max=0)
-        self.target_layers = Select(
-            label="image layers",
-            name="target_layers",
-            choices=self._same_kind_layers,
-            tooltip="Images like the reference image to segment (Ctrl/Shift for several).",
-        )
-        self.model = ComboBox(
-            label="model",
-            name="model",
-            choices=model_names(),
-            value=DEFAULT_MODEL,
-            tooltip=f"'{TINY_MODEL}' is a small random SAM for trying the plugin out.",
-        )
-        self.checkpoint = FileEdit(
-            label="checkpoint",
-            name="checkpoint",
-            mode="r",
-            filter="*.pth *.pt",
-            nullable=True,
-            tooltip="The model's weights file (e.g. sam_vit_b_01ec64.pth).",
-        )
-        self.device = ComboBox(label="device", name="device", choices=_device_choices())
-        self.finetune = CheckBox(
-            text="PerSAM-F (fit mask weights to the reference)", name="finetune", value=False
-        )
-        self.finetune_steps = SpinBox(
-            label="PerSAM-F steps",
-            name="finetune_steps",
-            min=1,
-            max=100_000,
-            value=PerSAMConfig().finetune_steps,
-            tooltip="Training steps of the mask weights (the paper uses 1000).",
-        )
-        self.target_guided_attention = CheckBox(
-            text="target-guided attention", name="target_guided_attention", value=True
-        )
-        self.semantic_prompt = CheckBox(
-            text="target-semantic prompt", name="semantic_prompt", value=True
-        )
-        self.min_object_size = FloatSpinBox(
-            label="min object size (% of image)",
-            name="min_object_size",
-            min=0.0,
-            max=50.0,
-            step=0.05,
-            value=100 * PerSAMConfig().min_area_fraction,
-            tooltip="Smaller pieces of the result are removed; 0 keeps everything.",
-        )
-        self.run_button = PushButton(text="Run", name="run_button")
-        self.cancel_button = PushButton(text="Cancel", name="cancel_button", enabled=False)
-        self.status = Label(value="", name="status", label="")
-        self.status.native.setWordWrap(True)
+        self.find_mode = controls.find_mode()
+        self.auto_threshold = controls.auto_threshold()
+        self.instance_threshold = controls.instance_threshold()
+        self.max_instances = controls.max_instances()
+        self.stack_mode = controls.stack_mode()
+        self.targets = controls.targets(self._target_choices)
+        self.first_slice = controls.first_slice()
+        self.last_slice = controls.last_slice()
+        self.target_layers = controls.target_layers(self._same_kind_layers)
+        self.model = controls.model()
+        self.checkpoint = controls.checkpoint()
+        self.device = controls.device()
+        self.finetune = controls.finetune()
+        self.finetune_steps = controls.finetune_steps()
+        self.target_guided_attention = controls.target_guided_attention()
+        self.semantic_prompt = controls.semantic_prompt()
+        self.min_object_size = controls.min_object_size()
+        self.run_button = controls.run_button()
+        self.cancel_button = controls.cancel_button()
+        self.status = controls.status()
 
         self.extend([
-            self.image, self.reference, self.label_value, self.find_reference_slice,
-            self.reference_slice, self.targets, self.first_slice, self.last_slice,
-            self.target_layers, self.model, self.checkpoint, self.device, self.finetune,
+            self.image, self.reference, self.label_value, self.learn_all_values,
+            self.all_painted_slices, self.reference_slice, self.more_references, extra_row,
+            self.find_mode, self.auto_threshold, self.instance_threshold, self.max_instances,
+            self.targets, self.first_slice, self.last_slice, self.target_layers,
+            self.stack_mode, self.model, self.checkpoint, self.device, self.finetune,
             self.finetune_steps, self.target_guided_attention, self.semantic_prompt,
             self.min_object_size, self.run_button, self.cancel_button, self.status,
         ])  # fmt: skip
 
         self.image.changed.connect(self._on_image_changed)
+        self.reference.changed.connect(self._on_reference_changed)
         self.targets.changed.connect(self._on_targets_changed)
-        self.find_reference_slice.changed.connect(self._on_find_slice_changed)
+        self.all_painted_slices.changed.connect(self._on_all_slices_changed)
+        self.learn_all_values.changed.connect(self._on_all_values_changed)
+        self.find_mode.changed.connect(self._on_find_mode_changed)
+        self.auto_threshold.changed.connect(self._on_auto_threshold_changed)
+        self.add_reference_button.changed.connect(self._on_add_reference_clicked)
+        self.clear_references_button.changed.connect(self._on_clear_references_clicked)
         self.model.changed.connect(self._on_model_changed)
         self.finetune.changed.connect(self._on_finetune_changed)
         self.run_button.changed.connect(self._on_run_clicked)
@@ -170,6 +137,8 @@ class PerSAMWidget(Container):
         self._on_image_changed()
         self._on_model_changed()
         self._on_finetune_changed()
+        self._on_find_mode_changed()
+        self._show_extra_count()
 
     # ------------------------------------------------------------------ hooks
     @property
@@ -186,15 +155,52 @@ class PerSAMWidget(Container):
     def running(self) -> bool:
         return self.worker is not None
 
+    @property
+    def extra_references(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """The references added with "add result slice as reference".
+
+        Each is (image (Y, X[, C]), labels (Y, X) int32 holding label values),
+        copies taken when the button was pressed; the next Run learns from them too.
+        """
+        return tuple(self._extra_shots)
+
+    @property
+    def progress_bar(self) -> progress | None:
+        """The napari progress bar of the running job (``None`` when idle).
+
+        Counts bytes while a checkpoint downloads or is verified, then images.
+        """
+        return None if self._run is None else self._run.bar
+
     # ------------------------------------------------------------------ slots
     def _on_image_changed(self, *_: object) -> None:
         self._update_for_image()
 
+    def _on_reference_changed(self, *_: object) -> None:
+        self._refresh_pairs()
+
     def _on_targets_changed(self, *_: object) -> None:
         self._update_visibility()
 
-    def _on_find_slice_changed(self, *_: object) -> None:
-        self.reference_slice.enabled = not self.find_reference_slice.value
+    def _on_all_slices_changed(self, *_: object) -> None:
+        self.reference_slice.enabled = not self.all_painted_slices.value
+
+    def _on_all_values_changed(self, *_: object) -> None:
+        self.label_value.enabled = not self.learn_all_values.value
+
+    def _on_find_mode_changed(self, *_: object) -> None:
+        instances = self.find_mode.value == controls.EVERY_INSTANCE
+        for widget in (self.auto_threshold, self.instance_threshold, self.max_instances):
+            widget.visible = instances
+
+    def _on_auto_threshold_changed(self, *_: object) -> None:
+        self.instance_threshold.enabled = not self.auto_threshold.value
+
+    def _on_add_reference_clicked(self, *_: object) -> None:
+        self.add_result_as_reference()
+
+    def _on_clear_references_clicked(self, *_: object) -> None:
+        self.clear_extra_references()
 
     def _on_model_changed(self, *_: object) -> None:
         self.checkpoint.visible = self.model.value != TINY_MODEL
@@ -229,13 +235,14 @@ class PerSAMWidget(Container):
         if self.running:
             return
         try:
-            job, value = build_job(self._request())
+            job = build_job(self._request())
         except ValueError as error:
             show_error(str(error))
             self.status.value = f"Not started: {error}"
             return
         images = {layer.name: layer for layer in self._viewer.layers if isinstance(layer, Image)}
-        self._run = RunState(self._viewer, job, value=value, images=images)
+        self.job = job
+        self._run = RunState(self._viewer, job, images=images)
         self.worker = create_worker(
             run_job, job, models=self._models, _start_thread=False,
             _connect={
@@ -256,7 +263,39 @@ class PerSAMWidget(Container):
             self.status.value = "Cancelling after the current image..."
             self.worker.quit()
 
+    def add_result_as_reference(self) -> None:
+        """Keep the result slice the viewer shows, and its image, as an extra reference.
+
+        Takes the current slice (the whole image for 2D) of this image's
+        "<image> PerSAM" layer, as the user may have corrected it by painting on it.
+        One-object results hold label values and are used as they are; instance ids
+        become the learned value (one value) or the value in "<image> classes"
+        (several; pixels painted with new ids there are left out). Nothing in the
+        viewer is changed.
+        """
+        try:
+            image = check_image(self.image.value)
+            index = self._current_slice(image) if len(spatial_shape(image)) == 3 else None
+            shot, where = result_shot(self._viewer, image, slice_index=index)
+        except ValueError as error:
+            show_error(str(error))
+            self.status.value = f"Not added: {error}"
+            return
+        self._extra_shots.append(shot)
+        self._show_extra_count()
+        self.status.value = f"Added {where} as a reference; it is used from the next Run on."
+
+    def clear_extra_references(self) -> None:
+        """Forget the references added with "add result slice as reference"."""
+        self._extra_shots.clear()
+        self._show_extra_count()
+
     # -------------------------------------------------------------- internals
+    def _show_extra_count(self) -> None:
+        count = len(self._extra_shots)
+        self.extra_references_count.value = f"{count} added"
+        self.clear_references_button.enabled = count > 0
+
     def _request(self) -> Request:
         image = self.image.value
         return Request(
@@ -264,7 +303,7 @@ class PerSAMWidget(Container):
             reference=self.reference.value,
             label_value=int(self.label_value.value),
             reference_slice=(
-                None if self.find_reference_slice.value else int(self.reference_slice.value)
+                None if self.all_painted_slices.value else int(self.reference_slice.value)
             ),
             target_mode=self.targets.value,
             current_slice=self._current_slice(image),
@@ -280,8 +319,17 @@ class PerSAMWidget(Container):
                 semantic_prompt=self.semantic_prompt.value,
                 min_area_fraction=float(self.min_object_size.value) / 100.0,
                 finetune_steps=int(self.finetune_steps.value),
+                instance_threshold=(
+                    None if self.auto_threshold.value else float(self.instance_threshold.value)
+                ),
+                max_instances=int(self.max_instances.value),
+                stack_mode=self.stack_mode.value,
             ),
             finetune=bool(self.finetune.value),
+            learn_all_values=bool(self.learn_all_values.value),
+            instances=self.find_mode.value == controls.EVERY_INSTANCE,
+            more_references=list(self.more_references.value or []),
+            extra_shots=list(self._extra_shots),
         )
 
     def _checkpoint_path(self) -> Path | None:
@@ -331,8 +379,10 @@ class PerSAMWidget(Container):
         self.last_slice.value = max(last, 0)
         self.targets.reset_choices()
         self.target_layers.reset_choices()
-        self.find_reference_slice.visible = is_stack
+        self.all_painted_slices.visible = is_stack
         self.reference_slice.visible = is_stack
+        self.stack_mode.visible = is_stack
+        self._refresh_pairs()
         self._update_visibility()
 
     def _update_visibility(self) -> None:
@@ -340,6 +390,21 @@ class PerSAMWidget(Container):
         self.first_slice.visible = mode == SLICE_RANGE
         self.last_slice.visible = mode == SLICE_RANGE
         self.target_layers.visible = mode == IMAGE_LAYERS
+
+    def reset_choices(self, *_: object) -> None:
+        """Refresh the layer pickers (napari calls this when layers change)."""
+        super().reset_choices()
+        self._refresh_pairs()
+
+    def _refresh_pairs(self) -> None:
+        self.more_references.reset_choices()
+        # Only offered when there is something to offer: it is a rare need.
+        self.more_references.visible = len(self.more_references.choices) > 0
+
+    def _reference_pairs(self, *_: object) -> list[tuple[str, tuple[Image, Labels]]]:
+        image = self.image.value if hasattr(self, "image") else None
+        reference = self.reference.value if hasattr(self, "reference") else None
+        return reference_pairs(self._viewer.layers, image=image, reference=reference)
 
     def _target_choices(self, *_: object) -> tuple[str, ...]:
         image = self.image.value if hasattr(self, "image") else None
@@ -357,13 +422,6 @@ class PerSAMWidget(Container):
             for layer in self._viewer.layers
             if isinstance(layer, Image) and not layer.multiscale and image_kind(layer) == kind
         ]
-
-
-def _device_choices() -> list[str]:
-    # Opening the widget (not listing the plugin) is when torch is first needed.
-    from napari_persam.core.devices import available_devices
-
-    return ["auto", *available_devices()]
 
 
 __all__ = ["PerSAMWidget"]

@@ -6,6 +6,8 @@ rules are tested without a viewer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -57,72 +59,94 @@ def painted_slices(labels: np.ndarray, value: int) -> list[int]:
     return [int(z) for z in np.flatnonzero(found)]
 
 
-def reference_mask(
-    labels: np.ndarray, *, value: int, slice_index: int | None = None
-) -> tuple[np.ndarray, int | None]:
-    """The painted object as a 2D boolean mask, and the slice it was taken from.
+def painted_values(labels: np.ndarray) -> list[int]:
+    """Every nonzero value painted in ``labels`` ((Y, X) or (Z, Y, X)), ascending."""
+    array = np.asarray(labels)
+    found: set[int] = set()
+    for plane in array if array.ndim == 3 else array[np.newaxis]:
+        found.update(int(v) for v in np.unique(plane) if v != 0)
+    return sorted(found)
+
+
+def reference_shots(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    values: Sequence[int],
+    slice_index: int | None = None,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], int | None]:
+    """The painted references as (image, labels) pairs, one per painted slice.
 
     Parameters
     ----------
+    image : array-like, (Y, X[, C]) or (Z, Y, X[, C])
+        The image layer's data; only the painted slices are read.
     labels : (Y, X) or (Z, Y, X) integer array
-        A napari Labels layer's data (not modified).
-    value : int
-        The label value that marks the object (nonzero).
+        The reference Labels layer's data (only read).
+    values : sequence of int
+        The label values to learn (nonzero); other values are left out.
     slice_index : int, optional
-        For a stack, the slice (axis 0) that holds the reference. ``None`` finds
-        it: the one slice painted with ``value``.
+        For a stack: learn from this slice only. ``None`` uses every slice that
+        holds one of ``values`` (few-shot).
 
     Returns
     -------
-    mask : (Y, X) bool
-        A new array (``labels`` is never a view target).
-    slice_index : int or None
-        The slice used; ``None`` for 2D labels.
+    shots : list of (image, labels)
+        New arrays: the image (Y, X[, C]) and an int32 (Y, X) label image that holds
+        ``values`` only (0 elsewhere).
+    main_slice : int or None
+        For a stack, the slice with the most painted pixels (where propagation
+        starts); ``None`` for 2D labels.
 
     Raises
     ------
     ValueError
-        If ``value`` is not painted (on the chosen slice), or is painted on several
-        slices and none was chosen; the message says what to do.
+        If a value is 0, nothing of ``values`` is painted (on the chosen slice), or
+        the layer is not 2D or 3D; the message says what to do.
     """
     array = np.asarray(labels)
-    if value == 0:
+    wanted = [int(v) for v in values]
+    if not wanted or 0 in wanted:
         raise ValueError("Label value 0 is the background; choose the value you painted with.")
-    if array.ndim == 2:
-        mask = array == value
-        if not mask.any():
-            raise ValueError(
-                f"Label {value} is not painted in the reference layer; paint the object "
-                "with it or choose another label value."
-            )
-        return mask, None
-    if array.ndim != 3:
+    if array.ndim not in (2, 3):
         raise ValueError(
             f"The reference Labels layer has shape {array.shape}; a 2D (Y, X) or 3D "
             "(Z, Y, X) layer is needed."
         )
+    named = ", ".join(map(str, wanted))
+    if array.ndim == 2:
+        plane = _keep(array, wanted)
+        if not plane.any():
+            raise ValueError(
+                f"Label {named} is not painted in the reference layer; paint the object "
+                "with it or choose another label value."
+            )
+        return [(np.array(image), plane)], None
     if slice_index is None:
-        slices = painted_slices(array, value)
+        slices = sorted({z for value in wanted for z in painted_slices(array, value)})
         if not slices:
             raise ValueError(
-                f"Label {value} is not painted on any slice; paint the object with it "
+                f"Label {named} is not painted on any slice; paint the object with it "
                 "or choose another label value."
             )
-        if len(slices) > 1:
-            shown = ", ".join(map(str, slices[:10])) + (", ..." if len(slices) > 10 else "")
+    else:
+        if not 0 <= slice_index < array.shape[0]:
             raise ValueError(
-                f"Label {value} is painted on {len(slices)} slices ({shown}); untick "
-                "'find reference slice' and choose the one slice to learn from."
+                f"Reference slice {slice_index} is outside the stack (0 to {array.shape[0] - 1})."
             )
-        slice_index = slices[0]
-    if not 0 <= slice_index < array.shape[0]:
+        slices = [int(slice_index)]
+    planes = {z: _keep(array[z], wanted) for z in slices}
+    if not any(plane.any() for plane in planes.values()):
         raise ValueError(
-            f"Reference slice {slice_index} is outside the stack (0 to {array.shape[0] - 1})."
+            f"Label {named} is not painted on slice {slice_index}; go to the slice that "
+            "holds the painting or learn from every painted slice."
         )
-    mask = array[slice_index] == value
-    if not mask.any():
-        raise ValueError(
-            f"Label {value} is not painted on slice {slice_index}; go to the slice that "
-            "holds the painting or tick 'find reference slice'."
-        )
-    return mask, int(slice_index)
+    # Copies: the user may paint or edit the image while the worker runs.
+    shots = [(np.array(image[z]), plane) for z, plane in planes.items() if plane.any()]
+    main = max(planes, key=lambda z: (int(np.count_nonzero(planes[z])), -z))
+    return shots, int(main)
+
+
+def _keep(plane: np.ndarray, values: list[int]) -> np.ndarray:
+    """(Y, X) int32: ``plane`` where it holds one of ``values``, 0 elsewhere."""
+    return np.where(np.isin(plane, values), plane, 0).astype(np.int32)

@@ -9,12 +9,17 @@ touches this run's own state.
 from __future__ import annotations
 
 import napari
+import numpy as np
 from napari.layers import Image
 from napari.utils import progress
 
 from napari_persam._widgets._layers import OutputLayers, ensure_outputs, write_result
+from napari_persam._widgets._more_references import CONTENT_KEY
 from napari_persam._widgets._runner import Job
 from napari_persam.core.progress import Progress
+
+#: Qt progress bars hold a 32-bit int; byte counts of large checkpoints are scaled down.
+_BAR_LIMIT = 2**31 - 1
 
 
 class RunState:
@@ -26,48 +31,90 @@ class RunState:
         Where the output layers are added.
     job : Job
         The run; ``Progress.index`` refers to ``job.targets``.
-    value : int
-        Label value written where an object is found.
     images : dict of str to Image
         The image layers that targets name in ``Target.output`` (read only).
     """
 
-    def __init__(
-        self, viewer: napari.Viewer, job: Job, *, value: int, images: dict[str, Image]
-    ) -> None:
+    def __init__(self, viewer: napari.Viewer, job: Job, *, images: dict[str, Image]) -> None:
         self.viewer = viewer
         self.job = job
-        self.value = value
         self.images = images
         self.outputs: dict[str, OutputLayers] = {}
         self.done = 0
         self.found = 0
+        self.objects = 0
         self.cancelled = False
         self.failure = ""
         self.finished = False
+        # Instance ids grow through a stack; class values are the user's own.
+        self.dtype = np.dtype(np.int32) if job.instances else np.min_scalar_type(max(job.values))
+        several = job.instances and len(job.values) > 1
+        self.classes_dtype = np.min_scalar_type(max(job.values)) if several else None
         self._bar: progress | None = progress(total=len(job.targets), desc="PerSAM")
+        self._pending: tuple[int, int, str] | None = None
+        self._updating = False
 
     @property
     def total(self) -> int:
         return len(self.job.targets)
 
+    @property
+    def bar(self) -> progress | None:
+        """The napari progress bar while the run lasts; ``None`` once it has ended."""
+        return self._bar
+
     def show(self, step: Progress) -> None:
-        """Show a step: its message, and its result in the output layers if it has one."""
-        if self._bar is not None:
-            self._bar.set_description(f"PerSAM: {step.message}")
+        """Show a step: its message and count, and its result in the output layers."""
         if step.result is None or step.index is None:
+            # Loading steps count their own units (bytes while downloading).
+            self._set_bar(step.done, step.total, step.message)
             return
         target = self.job.targets[step.index]
         outputs = self.outputs.get(target.output)
-        if outputs is None or outputs.labels not in self.viewer.layers:
+        if outputs is None or any(
+            layer is not None and layer not in self.viewer.layers
+            for layer in (outputs.labels, outputs.similarity, outputs.classes)
+        ):
             # (Re)made when missing: the user may delete an output layer mid-run.
-            outputs = ensure_outputs(self.viewer, self.images[target.output], value=self.value)
+            outputs = ensure_outputs(
+                self.viewer,
+                self.images[target.output],
+                dtype=self.dtype,
+                classes_dtype=self.classes_dtype,
+            )
             self.outputs[target.output] = outputs
-        write_result(outputs, step.result, slice_index=target.slice_index, value=self.value)
+            outputs.labels.metadata[CONTENT_KEY] = {
+                "instances": self.job.instances,
+                "values": list(self.job.values),
+            }
+        write_result(outputs, step.result, slice_index=target.slice_index)
         self.done += 1
-        self.found += int(step.result.found)
-        if self._bar is not None:
-            self._bar.update(1)
+        self.found += int(step.result.objects > 0)
+        self.objects += step.result.objects
+        self._set_bar(self.done, self.total, step.message)
+
+    def _set_bar(self, done: int, total: int, message: str) -> None:
+        # Updating the bar emits events that may handle the worker's next steps (and
+        # even "finished", which closes the bar) before returning. A nested call only
+        # leaves its state for the outer one to apply, so the bar never goes back to
+        # an older step, and the bar is checked before every call.
+        self._pending = (done, total, message)
+        if self._updating:
+            return
+        self._updating = True
+        try:
+            while self._pending is not None and self._bar is not None:
+                done, total, message = self._pending
+                self._pending = None
+                scale = max(1, -(-total // _BAR_LIMIT))
+                self._bar.set_description(f"PerSAM: {message}")
+                if self._pending is not None or self._bar is None:
+                    continue
+                self._bar.total = total // scale
+                self._bar.n = 0
+                self._bar.update(min(done, total) // scale)
+        finally:
+            self._updating = False
 
     def fail(self, error: BaseException) -> str:
         """Record a failure; returns the message for the user."""
@@ -93,4 +140,5 @@ class RunState:
             return f"Segmented {self.done} of {self.total}..."
         missed = self.done - self.found
         found = f"; nothing found in {missed}" if missed else ""
-        return f"Done: segmented {self.done} of {self.total} image(s){found}."
+        objects = f"; {self.objects} object(s)" if self.job.instances else ""
+        return f"Done: segmented {self.done} of {self.total} image(s){found}{objects}."

@@ -2,8 +2,9 @@
 
 Nothing here touches napari or Qt: the widget builds a :class:`Job` on the main
 thread (copying what the user painted), the worker drains :func:`run_job`, and
-every finished image comes back as ``Progress(index=i, result=segmentation)`` so
-the widget can show it at once and keep it if the run is cancelled.
+every finished image comes back as ``Progress(index=i, result=SliceResult)`` (plain
+arrays, converted in the worker) so the widget can show it at once and keep it if
+the run is cancelled.
 
 torch and segment_anything are imported inside the generator, so opening napari
 or listing the plugin never loads them.
@@ -12,7 +13,7 @@ or listing the plugin never loads them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_persam.core.embeddings import EmbeddingCache
 
 #: ``factory(name, *, checkpoint, device)`` -> generator yielding Progress and
-#: returning a ``Sam``; :func:`napari_persam.core.models.iter_load_model` is the default.
+#: returning a ``Sam``; :func:`napari_persam.core.models.iter_load_model` is the default
+#: (it downloads the published checkpoint when ``checkpoint`` is None). Steps with
+#: ``total`` above 1 count bytes (download, hashing) and go to the progress bar.
 ModelFactory = Callable[..., Generator[Progress, None, "Sam"]]
 
 
@@ -85,22 +88,78 @@ class Job:
     ----------
     model : ModelChoice
     config : PerSAMConfig
+        Also holds the stack mode (``config.stack_mode``) and the every-instance
+        options.
     finetune : bool
-        Fit PerSAM-F's mask weights to the reference before segmenting.
-    reference_image : (Y, X) or (Y, X, C) array
-        The reference image or slice (a copy, so later edits do not change the run).
-    reference_mask : (Y, X) bool
-        The painted object on it.
+        Fit PerSAM-F's mask weights to the references before segmenting.
+    shots : tuple of (image, labels)
+        The references (copies, so later edits do not change the run): each an
+        image (Y, X) or (Y, X, C) and an int32 (Y, X) label image whose nonzero
+        pixels hold the class values of ``values``. Several shots make one concept
+        per value from all of them (few-shot).
+    values : tuple of int
+        The label values to learn; one value is one concept, several are classes.
     targets : tuple of Target
         The images to segment, in order; ``Progress.index`` refers to this tuple.
+    instances : bool
+        Every instance (an id per object) instead of one object per value.
+    reference_index : int or None
+        The stack slice propagation starts from (the main reference slice);
+        ``None`` for 2D references. Other stacks start from the same index, or
+        their last slice if they are shorter.
     """
 
     model: ModelChoice
     config: PerSAMConfig
     finetune: bool
-    reference_image: np.ndarray
-    reference_mask: np.ndarray
+    shots: tuple[tuple[np.ndarray, np.ndarray], ...]
+    values: tuple[int, ...]
     targets: tuple[Target, ...]
+    instances: bool = False
+    reference_index: int | None = None
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """One image's result, as plain arrays for the output layers.
+
+    Attributes
+    ----------
+    labels : (Y, X) int32
+        0 background; the learned label value(s) in one-object mode, object ids
+        (1..N, kept through a propagated stack) in every-instance mode.
+    similarity : (Y, X) float32
+        Cosine similarity to the concept (the maximum over classes).
+    classes : (Y, X) int32 or None
+        Every-instance mode with several values: each object's label value.
+    objects : int
+        Objects found (0: nothing found).
+    """
+
+    labels: np.ndarray
+    similarity: np.ndarray
+    classes: np.ndarray | None
+    objects: int
+
+
+def slice_result(result: Any, *, values: Sequence[int]) -> SliceResult:
+    """A core result (Segmentation, LabelSegmentation or Instances) as a SliceResult.
+
+    ``values``: the learned label values; a one-concept Segmentation's mask is
+    written with ``values[0]``.
+    """
+    if hasattr(result, "ids"):  # Instances
+        labels = np.asarray(result.labels, dtype=np.int32)
+        classes = result.class_map().astype(np.int32) if len(values) > 1 else None
+        similarity, objects = result.similarity, len(result.ids)
+    elif hasattr(result, "values"):  # LabelSegmentation (several classes)
+        labels, classes = np.asarray(result.labels, dtype=np.int32), None
+        similarity = np.max(result.similarity, axis=0)
+        objects = len(set(np.unique(labels).tolist()) - {0})
+    else:  # Segmentation (one concept)
+        labels = np.where(result.mask, int(values[0]), 0).astype(np.int32)
+        classes, similarity, objects = None, result.similarity, int(result.found)
+    return SliceResult(labels, np.asarray(similarity, dtype=np.float32), classes, objects)
 
 
 class LoadedModels:
@@ -140,9 +199,30 @@ class LoadedModels:
             factory = self.factory if self.factory is not None else iter_load_model
             device = None if choice.device == "auto" else choice.device
             self._loaded.clear()  # free the previous model before building the next
-            sam = yield from factory(choice.name, checkpoint=choice.checkpoint, device=device)
+            loading = factory(choice.name, checkpoint=choice.checkpoint, device=device)
+            sam = yield from _with_sizes(loading)
             self._loaded[key] = (sam, EmbeddingCache(cache_size))
         return self._loaded[key]
+
+
+def _with_sizes(loading: Generator[Progress, None, Sam]) -> Generator[Progress, None, Sam]:
+    """The factory's steps, with megabytes in the message of byte-counting ones.
+
+    A factory's step with ``total`` above 1 counts bytes (a download or a hash);
+    ``done``/``total`` stay bytes, for the progress bar.
+    """
+    try:
+        while True:
+            try:
+                step = next(loading)
+            except StopIteration as stop:
+                return stop.value
+            if step.total > 1:
+                sizes = f"{step.done / 1e6:,.1f} of {step.total / 1e6:,.1f} MB"
+                step = Progress(step.done, step.total, f"{step.message} ({sizes})")
+            yield step
+    finally:
+        loading.close()  # Cancel during a download stops it and removes the partial file
 
 
 class RunError(Exception):
@@ -164,14 +244,17 @@ def run_job(job: Job, *, models: LoadedModels) -> Generator[Progress, None, int]
 
 
 def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None, int]:
-    """Load the model, learn the reference, segment every target.
+    """Load the model, learn the references, segment every target.
 
     Yields
     ------
     Progress
-        ``result=None`` while loading, learning and fine-tuning (``message`` says
-        which); then one step per target with ``index`` into ``job.targets`` and
-        ``result`` its :class:`~napari_persam.core.concept.Segmentation`.
+        ``result=None`` while loading (with bytes as ``done``/``total`` while a
+        checkpoint downloads or is verified), learning and fine-tuning
+        (``message`` says which); then one step per target, in the order the
+        results are computed (a propagated stack goes outward from the reference
+        slice), with ``index`` into ``job.targets`` and ``result`` its
+        :class:`SliceResult`.
 
     Returns
     -------
@@ -187,17 +270,77 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     sam, cache = yield from models.load(job.model, cache_size=job.config.cache_size)
     device = None if job.model.device == "auto" else job.model.device
     engine = PerSAM(sam, config=job.config, device=device, cache=cache, model_name=job.model.name)
-    yield Progress(0, total, "learning the reference")
-    concept = engine.learn(job.reference_image, job.reference_mask)
+    classes = f"{len(job.values)} label values" if len(job.values) > 1 else "the object"
+    yield Progress(0, total, f"learning {classes} from {len(job.shots)} reference(s)")
+    concept = learn(engine, job)
     if job.finetune:
         yield Progress(0, total, "fine-tuning (PerSAM-F)")
-        concept = engine.finetune(concept)
-    images = (target.read() for target in job.targets)
-    segmented = 0
-    for step in engine.segment_many(images, concept, total=total):
-        segmented = step.done
-        yield step
-    return segmented
+        concept = finetune(engine, concept)
+    done = 0
+    for source, indices in _groups(job.targets):
+        for index, result in _segment_group(engine, concept, job, source, indices):
+            done += 1
+            yield Progress(
+                done,
+                total,
+                f"segmented {done} of {total}",
+                index=index,
+                result=slice_result(result, values=job.values),
+            )
+    return done
+
+
+def learn(engine: Any, job: Job) -> Any:
+    """The job's concept: a Concept for one value, ClassConcepts for several."""
+    if len(job.values) == 1:
+        value = job.values[0]
+        pairs = [(image, labels == value) for image, labels in job.shots]
+        return engine.learn([(image, mask) for image, mask in pairs if mask.any()])
+    return engine.learn_classes(list(job.shots), values=list(job.values))
+
+
+def finetune(engine: Any, concept: Any) -> Any:
+    """PerSAM-F on a Concept, or on each class of a ClassConcepts."""
+    if hasattr(concept, "concepts"):
+        return type(concept)({v: engine.finetune(c) for v, c in concept.concepts.items()})
+    return engine.finetune(concept)
+
+
+def _groups(targets: Sequence[Target]) -> list[tuple[Any, list[int]]]:
+    """Targets grouped by source layer (stacks) or one by one (2D images), in order."""
+    groups: list[tuple[Any, list[int]]] = []
+    by_stack: dict[tuple[int, str], list[int]] = {}
+    for index, target in enumerate(targets):
+        if target.slice_index is None:
+            groups.append((target.source, [index]))
+            continue
+        key = (id(target.source), target.output)
+        if key not in by_stack:
+            by_stack[key] = []
+            groups.append((target.source, by_stack[key]))
+        by_stack[key].append(index)
+    return groups
+
+
+def _segment_group(
+    engine: Any, concept: Any, job: Job, source: Any, indices: list[int]
+) -> Iterator[tuple[int, Any]]:
+    """(index into job.targets, core result) for each target of one group."""
+    first = job.targets[indices[0]]
+    if first.slice_index is None:
+        image = first.read()
+        if job.instances:
+            yield indices[0], engine.segment_instances(image, concept)
+        else:
+            yield indices[0], engine.segment(image, concept)
+        return
+    by_slice = {job.targets[i].slice_index: i for i in indices}
+    start = min(job.reference_index or 0, len(source) - 1)
+    stack = engine.segment_stack(
+        source, concept, reference_index=start, slices=list(by_slice), instances=job.instances
+    )
+    for step in stack:
+        yield by_slice[step.index], step.result
 
 
 def slice_targets(source: Any, *, output: str, slices: Sequence[int] | None) -> tuple[Target, ...]:

@@ -1,0 +1,262 @@
+"""The widget's controls: labels, ranges, defaults and tooltips, one function each.
+
+Kept apart from :mod:`._persam_widget`, which holds what the controls do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    Select,
+    SpinBox,
+    create_widget,
+)
+from napari.layers import Image, Labels
+
+from napari_persam.core.config import STACK_MODES, PerSAMConfig
+from napari_persam.core.models import DEFAULT_MODEL, TINY_MODEL, model_names
+
+MAX_LABEL = 2**31 - 1
+ONE_OBJECT = "one object"
+EVERY_INSTANCE = "every instance"
+FIND_MODES = (ONE_OBJECT, EVERY_INSTANCE)
+
+
+def image() -> Any:
+    return create_widget(annotation=Image, label="image", name="image")
+
+
+def reference() -> Any:
+    return create_widget(annotation=Labels, label="reference", name="reference")
+
+
+def label_value() -> SpinBox:
+    return SpinBox(
+        label="label value (0: most painted)",
+        name="label_value",
+        min=0,
+        max=MAX_LABEL,
+        value=0,
+        tooltip="The painted value to learn; 0 takes the value with the most pixels.",
+    )
+
+
+def learn_all_values() -> CheckBox:
+    return CheckBox(
+        text="learn every painted value (one class each)",
+        name="learn_all_values",
+        value=False,
+        tooltip="Each painted label value is its own kind of object; results keep the values.",
+    )
+
+
+def all_painted_slices() -> CheckBox:
+    return CheckBox(
+        text="learn from every painted slice",
+        name="all_painted_slices",
+        value=True,
+        tooltip="Every slice with painting is a reference (few-shot). Untick to "
+        "learn from one slice only.",
+    )
+
+
+def reference_slice() -> SpinBox:
+    return SpinBox(label="reference slice", name="reference_slice", min=0, max=0, enabled=False)
+
+
+def more_references(choices: Callable[..., Any]) -> Select:
+    select = Select(
+        label="more references",
+        name="more_references",
+        choices=choices,
+        tooltip="Other painted Labels layers (on their image) to learn from too.",
+    )
+    select.native.setMaximumHeight(90)  # a rare need: keep it small
+    return select
+
+
+def add_reference_button() -> PushButton:
+    button = PushButton(text="add result slice as reference", name="add_reference_button")
+    button.tooltip = (
+        "Copy the slice shown of '<image> PerSAM' (correct it first by painting on "
+        "it) and its image into this widget's extra references, used by the next "
+        "Run. Your layers are not changed."
+    )
+    return button
+
+
+def extra_references_count() -> Label:
+    return Label(value="", name="extra_references_count")
+
+
+def clear_references_button() -> PushButton:
+    return PushButton(text="clear", name="clear_references_button")
+
+
+def find_mode() -> ComboBox:
+    return ComboBox(
+        label="find",
+        name="find_mode",
+        choices=FIND_MODES,
+        value=ONE_OBJECT,
+        tooltip="One object per label value, or every instance (an id per object).",
+    )
+
+
+def auto_threshold() -> CheckBox:
+    return CheckBox(text="instance threshold from the reference", name="auto_threshold", value=True)
+
+
+def instance_threshold() -> FloatSpinBox:
+    return FloatSpinBox(
+        label="instance threshold",
+        name="instance_threshold",
+        min=-1.0,
+        max=1.0,
+        step=0.05,
+        value=0.5,
+        enabled=False,
+        tooltip="Similarity a place needs to be tried as an instance (lower finds more).",
+    )
+
+
+def max_instances() -> SpinBox:
+    return SpinBox(
+        label="max instances",
+        name="max_instances",
+        min=1,
+        max=10_000,
+        value=PerSAMConfig().max_instances,
+    )
+
+
+def stack_mode() -> ComboBox:
+    return ComboBox(
+        label="stack mode",
+        name="stack_mode",
+        choices=STACK_MODES,
+        value=PerSAMConfig().stack_mode,
+        tooltip="propagate: each slice is also prompted with its neighbour's result, "
+        "outward from the reference slice; independent: each slice on its own.",
+    )
+
+
+def targets(choices: Callable[..., Any]) -> ComboBox:
+    return ComboBox(label="segment", name="targets", choices=choices)
+
+
+def first_slice() -> SpinBox:
+    return SpinBox(label="first slice", name="first_slice", min=0, max=0)
+
+
+def last_slice() -> SpinBox:
+    return SpinBox(label="last slice", name="last_slice", min=0, max=0)
+
+
+def target_layers(choices: Callable[..., Any]) -> Select:
+    return Select(
+        label="image layers",
+        name="target_layers",
+        choices=choices,
+        tooltip="Images like the reference image to segment (Ctrl/Shift for several).",
+    )
+
+
+def model() -> ComboBox:
+    return ComboBox(
+        label="model",
+        name="model",
+        choices=model_names(),
+        value=DEFAULT_MODEL,
+        tooltip=f"'{TINY_MODEL}' is a small random SAM for trying the plugin out.",
+    )
+
+
+def checkpoint() -> FileEdit:
+    return FileEdit(
+        label="checkpoint",
+        name="checkpoint",
+        mode="r",
+        filter="*.pth *.pt",
+        nullable=True,
+        tooltip="Leave empty to use the published weights: downloaded once, checked, "
+        "and kept in the cache folder. Or choose your own weights file.",
+    )
+
+
+def device() -> ComboBox:
+    return ComboBox(label="device", name="device", choices=device_choices())
+
+
+def finetune() -> CheckBox:
+    return CheckBox(
+        text="PerSAM-F (fit mask weights to the reference)", name="finetune", value=False
+    )
+
+
+def finetune_steps() -> SpinBox:
+    return SpinBox(
+        label="PerSAM-F steps",
+        name="finetune_steps",
+        min=1,
+        max=100_000,
+        value=PerSAMConfig().finetune_steps,
+        tooltip="Training steps of the mask weights (the paper uses 1000).",
+    )
+
+
+def target_guided_attention() -> CheckBox:
+    return CheckBox(text="target-guided attention", name="target_guided_attention", value=True)
+
+
+def semantic_prompt() -> CheckBox:
+    return CheckBox(text="target-semantic prompt", name="semantic_prompt", value=True)
+
+
+def min_object_size() -> FloatSpinBox:
+    return FloatSpinBox(
+        label="min object size (% of image)",
+        name="min_object_size",
+        min=0.0,
+        max=50.0,
+        step=0.05,
+        value=100 * PerSAMConfig().min_area_fraction,
+        tooltip="Smaller pieces of the result are removed; 0 keeps everything.",
+    )
+
+
+def run_button() -> PushButton:
+    return PushButton(text="Run", name="run_button")
+
+
+def cancel_button() -> PushButton:
+    return PushButton(text="Cancel", name="cancel_button", enabled=False)
+
+
+def status() -> Label:
+    label = Label(value="", name="status", label="")
+    label.native.setWordWrap(True)
+    return label
+
+
+def row(*widgets: Any, name: str) -> Container:
+    """Widgets side by side, without margins, as one row of the form."""
+    container = Container(widgets=list(widgets), layout="horizontal", labels=False, name=name)
+    container.margins = (0, 0, 0, 0)
+    return container
+
+
+def device_choices() -> list[str]:
+    # Opening the widget (not listing the plugin) is when torch is first needed.
+    from napari_persam.core.devices import available_devices
+
+    return ["auto", *available_devices()]
