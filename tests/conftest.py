@@ -8,6 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# torch's compiler stack (torchvision.ops -> torch._dynamo -> triton) is imported
+# before any napari viewer exists: triton's bundled LLVM crashes the process when
+# Mesa's libLLVM (loaded by the viewer's OpenGL canvas) is already mapped. The
+# plugin guards its own imports (_widgets/_imports.py); tests that import the core
+# directly after a viewer would not be guarded otherwise.
+import torchvision.ops  # noqa: F401
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

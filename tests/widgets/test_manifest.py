@@ -32,7 +32,7 @@ def test_manifest_contributes_the_widget_and_two_samples():
     from npe2 import PluginManifest
 
     manifest = PluginManifest.from_file(ROOT / "napari.yaml")
-    assert [w.display_name for w in manifest.contributions.widgets] == ["PerSAM"]
+    assert [w.display_name for w in manifest.contributions.widgets] == ["PerSAM", "Evaluate"]
     assert {s.key for s in manifest.contributions.sample_data} == {"coins", "blobs3d"}
 
 
