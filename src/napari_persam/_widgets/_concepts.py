@@ -1,7 +1,7 @@
 """Concepts the widget learned or loaded: what a Run hands back and what it can reuse.
 
 A Run's concept is handed from the worker to the main thread as a
-:class:`LearnedConcept` inside a yielded Progress, so the widget can export it
+:class:`LearnedConcept` in a yielded :class:`ConceptReady` step, so the widget can export it
 with :mod:`napari_persam.core.concept_io` (the file format ``napari-persam learn``
 and ``napari-persam segment --concept`` use). torch is imported only when a
 function here runs, never when the widget opens.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_persam.core.config import PerSAMConfig
+from napari_persam.core.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_persam.core.concept import ClassConcepts, Concept
@@ -58,6 +59,21 @@ class LearnedConcept:
         return save_concepts(
             self.concepts, path, config=self.config, checkpoint_sha256=self.checkpoint_sha256
         )
+
+
+@dataclass(frozen=True)
+class ConceptReady(Progress):
+    """The progress step saying the concept is ready, carrying it to the main thread.
+
+    Its ``result`` stays ``None``: for every other consumer it is an ordinary
+    step without an image result.
+
+    Attributes
+    ----------
+    concept : LearnedConcept or None
+    """
+
+    concept: LearnedConcept | None = None
 
 
 def learned_concept(

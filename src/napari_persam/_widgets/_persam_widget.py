@@ -21,6 +21,7 @@ from qtpy.QtCore import QTimer
 
 from napari_persam._widgets import _controls as controls
 from napari_persam._widgets._concepts import (
+    ConceptReady,
     LearnedConcept,
     check_export_target,
     describe,
@@ -267,10 +268,9 @@ class PerSAMWidget(Container):
         self.cancel()
 
     def _on_yielded(self, step: Progress) -> None:
-        if isinstance(step.result, LearnedConcept):
-            self.last_concept = step.result
+        if isinstance(step, ConceptReady) and step.concept is not None:
+            self.last_concept = step.concept
             self.export_button.enabled = True
-            return
         self._show(step)
 
     def _on_errored(self, error: BaseException) -> None:

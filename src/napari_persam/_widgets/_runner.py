@@ -24,6 +24,7 @@ from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from segment_anything.modeling import Sam
 
     from napari_persam.core.concept_io import ConceptFile
@@ -198,18 +199,20 @@ class LoadedModel:
         self.memory = EmbeddingCache(cache_size)
         self._disk: dict[Path, DiskEmbeddingCache] = {}
 
-    def cache(self, folder: Path | None) -> EmbeddingCache | DiskEmbeddingCache:
+    def cache(
+        self, folder: Path | None, *, device: torch.device
+    ) -> EmbeddingCache | DiskEmbeddingCache:
         """The memory cache, or the disk cache in ``folder`` with the memory one in front.
 
-        The disk cache is made once per folder: its hit and write counts then
-        describe this model's whole session.
+        The disk cache is made once per folder (``device``: where embeddings read
+        from disk go, the engine's), so its hit and write counts describe this
+        model's whole session.
         """
         if folder is None:
             return self.memory
         if folder not in self._disk:
             from napari_persam.core.disk_cache import DiskEmbeddingCache
 
-            device = next(self.sam.parameters()).device
             try:
                 # No checkpoint hash in the signature, as in the command line: the model
                 # fingerprint already names the weights, and both then share entries.
@@ -348,9 +351,9 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     Progress
         ``result=None`` while loading (with bytes as ``done``/``total`` while a
         checkpoint downloads or is verified), learning and fine-tuning
-        (``message`` says which); one step with ``index=None`` and ``result``
-        the :class:`~._concepts.LearnedConcept` used (learned, or read from
-        ``job.concept_file``); then one step per target, in the order the
+        (``message`` says which); a :class:`~._concepts.ConceptReady` step
+        carrying the concept used (learned, or read from ``job.concept_file``);
+        then one step per target, in the order the
         results are computed (a propagated stack goes outward from the reference
         slice), with ``index`` into ``job.targets`` and ``result`` its
         :class:`SliceResult`.
@@ -360,7 +363,7 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     int
         How many targets were segmented.
     """
-    from napari_persam._widgets._concepts import engine_concept, learned_concept
+    from napari_persam._widgets._concepts import ConceptReady, engine_concept, learned_concept
     from napari_persam._widgets._imports import import_engine
 
     total = len(job.targets)
@@ -368,12 +371,14 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     PerSAM = import_engine()  # before the model: building SAM imports segment_anything
     yield Progress(0, total, f"loading model {job.model.name}")
     model = yield from models.load(job.model, cache_size=job.config.cache_size)
-    device = None if job.model.device == "auto" else job.model.device
+    from napari_persam.core.devices import resolve_device
+
+    device = resolve_device(None if job.model.device == "auto" else job.model.device)
     engine = PerSAM(
         model.sam,
         config=job.config,
         device=device,
-        cache=model.cache(_cache_folder(job)),
+        cache=model.cache(_cache_folder(job), device=device),
         model_name=job.model.name,
     )
     if job.concept_file is not None:
@@ -405,7 +410,7 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
         checkpoint_sha256=model.checkpoint_sha256,
         config=job.config,
     )
-    yield Progress(0, total, "concept ready", result=used)
+    yield ConceptReady(0, total, "concept ready", concept=used)
     done = 0
     for source, indices in _groups(job.targets):
         for index, result in _segment_group(engine, concept, job, source, indices):
