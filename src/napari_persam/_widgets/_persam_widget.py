@@ -257,6 +257,8 @@ class PerSAMWidget(Container):
                 "Run segments with the concept file (the reference layer is not used); clear "
                 "'concept file' to learn again."
             )
+        else:
+            self.status.value = "Run learns from the reference layer."
 
     def _on_export_clicked(self, *_: object) -> None:
         self.export_concept()
