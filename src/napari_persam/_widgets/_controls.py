@@ -193,6 +193,50 @@ def checkpoint() -> FileEdit:
     )
 
 
+def cache_on_disk() -> CheckBox:
+    return CheckBox(
+        text="cache embeddings on disk",
+        name="cache_on_disk",
+        value=True,
+        tooltip="Keep each image's SAM encoding in the cache folder ($NAPARI_PERSAM_CACHE or "
+        "the user cache), shared with the command line and later sessions, so an image is "
+        "encoded once.",
+    )
+
+
+def concept_file() -> FileEdit:
+    return FileEdit(
+        label="concept file",
+        name="concept_file",
+        mode="r",
+        filter="*.npz",
+        nullable=True,
+        tooltip="A concept saved by 'export concept' or `napari-persam learn`: Run segments "
+        "with it instead of learning from the reference layer (which is then not needed). "
+        "Leave empty to learn from the reference.",
+    )
+
+
+def export_path() -> FileEdit:
+    return FileEdit(
+        label="export to",
+        name="export_path",
+        mode="w",
+        filter="*.npz",
+        nullable=True,
+        tooltip="Concept file (.npz) to write with 'export concept'.",
+    )
+
+
+def export_button() -> PushButton:
+    button = PushButton(text="export concept", name="export_button", enabled=False)
+    button.tooltip = (
+        "Save the concept of the last Run (its label values, model and options) to "
+        "'export to', for `napari-persam segment --concept` or another session."
+    )
+    return button
+
+
 def device() -> ComboBox:
     return ComboBox(label="device", name="device", choices=device_choices())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -65,6 +66,13 @@ class Request:
     extra_shots : sequence of (image, labels)
         References kept by the widget ("add this slice as a reference"): an image
         (Y, X[, C]) and its (Y, X) int label image.
+    concept_file : ConceptFile or None
+        Segment with this file's concepts; the references are then not used.
+    concept_source : str
+        The concept file's path, for messages.
+    cache_on_disk : bool
+        Keep embeddings in the default disk cache folder (shared with the command
+        line) too, not only in memory.
     """
 
     image: Image | None
@@ -82,6 +90,9 @@ class Request:
     instances: bool = False
     more_references: Sequence[tuple[Image, Labels]] = ()
     extra_shots: Sequence[tuple[np.ndarray, np.ndarray]] = ()
+    concept_file: Any = None
+    concept_source: str = ""
+    cache_on_disk: bool = False
 
 
 def image_kind(image: Image) -> tuple[bool, int]:
@@ -118,6 +129,8 @@ def build_job(request: Request) -> Job:
         targets; the message says what to do.
     """
     image = check_image(request.image)
+    if request.concept_file is not None:
+        return _concept_file_job(request, image)
     reference = _check_labels(request.reference, image)
     labels = np.asarray(reference.data)
     if request.learn_all_values:
@@ -145,6 +158,34 @@ def build_job(request: Request) -> Job:
         targets=_targets(request, image),
         instances=request.instances,
         reference_index=main_slice,
+        cache_on_disk=request.cache_on_disk,
+    )
+
+
+def _concept_file_job(request: Request, image: Image) -> Job:
+    """A job segmenting with a concept file: no reference layer is read."""
+    if request.finetune:
+        raise ValueError(
+            "PerSAM-F cannot train a concept loaded from a file (the file holds no reference "
+            "images). Untick PerSAM-F (a fine-tuned concept file keeps its mask weights), or "
+            "clear 'concept file' to learn from the reference layer."
+        )
+    content = request.concept_file
+    is_stack = len(spatial_shape(image)) == 3
+    start = min(max(request.current_slice, 0), spatial_shape(image)[0] - 1) if is_stack else None
+    return Job(
+        model=request.model,
+        config=request.config,
+        finetune=False,
+        shots=(),
+        values=tuple(int(value) for value in content.label_values),
+        targets=_targets(request, image),
+        instances=request.instances,
+        # Propagation starts where the user looks: there is no painted slice.
+        reference_index=start,
+        concept_file=content,
+        concept_source=request.concept_source,
+        cache_on_disk=request.cache_on_disk,
     )
 
 

@@ -8,6 +8,7 @@ worker and writes each result into the output layers as it arrives.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import napari
 import numpy as np
@@ -15,10 +16,17 @@ from magicgui.widgets import Container
 from napari.layers import Image, Labels
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from napari_persam._widgets import _controls as controls
+from napari_persam._widgets._concepts import (
+    ConceptReady,
+    LearnedConcept,
+    check_export_target,
+    describe,
+    read_concept,
+)
 from napari_persam._widgets._job import (
     IMAGE_LAYERS,
     SLICE_RANGE,
@@ -36,6 +44,9 @@ from napari_persam._widgets._runner import Job, LoadedModels, ModelChoice, Model
 from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.models import TINY_MODEL
 from napari_persam.core.progress import Progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_persam.core.disk_cache import DiskEmbeddingCache
 
 
 class PerSAMWidget(Container):
@@ -61,6 +72,9 @@ class PerSAMWidget(Container):
     job : Job or None
         What the latest Run was given (references as ``job.shots``, label values,
         targets, config); for scripts and tests that check what a Run used.
+    last_concept : LearnedConcept or None
+        The concept(s) the latest Run segmented with (learned or loaded), handed
+        back by the worker once ready; what "export concept" saves.
     """
 
     def __init__(
@@ -73,6 +87,7 @@ class PerSAMWidget(Container):
         self._extra_shots: list[tuple[np.ndarray, np.ndarray]] = []
         self.worker: GeneratorWorker | None = None
         self.job: Job | None = None
+        self.last_concept: LearnedConcept | None = None
 
         self.image = controls.image()
         self.reference = controls.reference()
@@ -102,6 +117,10 @@ class PerSAMWidget(Container):
         self.model = controls.model()
         self.checkpoint = controls.checkpoint()
         self.device = controls.device()
+        self.cache_on_disk = controls.cache_on_disk()
+        self.concept_file = controls.concept_file()
+        self.export_path = controls.export_path()
+        self.export_button = controls.export_button()
         self.finetune = controls.finetune()
         self.finetune_steps = controls.finetune_steps()
         self.target_guided_attention = controls.target_guided_attention()
@@ -116,9 +135,11 @@ class PerSAMWidget(Container):
             self.all_painted_slices, self.reference_slice, self.more_references, extra_row,
             self.find_mode, self.auto_threshold, self.instance_threshold, self.max_instances,
             self.targets, self.first_slice, self.last_slice, self.target_layers,
-            self.stack_mode, self.model, self.checkpoint, self.device, self.finetune,
-            self.finetune_steps, self.target_guided_attention, self.semantic_prompt,
-            self.min_object_size, self.run_button, self.cancel_button, self.status,
+            self.stack_mode, self.model, self.checkpoint, self.device, self.cache_on_disk,
+            self.concept_file, self.finetune, self.finetune_steps,
+            self.target_guided_attention, self.semantic_prompt, self.min_object_size,
+            self.run_button, self.cancel_button, self.export_path, self.export_button,
+            self.status,
         ])  # fmt: skip
 
         self.image.changed.connect(self._on_image_changed)
@@ -132,6 +153,8 @@ class PerSAMWidget(Container):
         self.clear_references_button.changed.connect(self._on_clear_references_clicked)
         self.model.changed.connect(self._on_model_changed)
         self.finetune.changed.connect(self._on_finetune_changed)
+        self.concept_file.changed.connect(self._on_concept_file_changed)
+        self.export_button.changed.connect(self._on_export_clicked)
         self.run_button.changed.connect(self._on_run_clicked)
         self.cancel_button.changed.connect(self._on_cancel_clicked)
         self._on_image_changed()
@@ -150,6 +173,17 @@ class PerSAMWidget(Container):
     def model_factory(self, factory: ModelFactory | None) -> None:
         # Models built by the old factory must not be reused under the new one.
         self._models = LoadedModels(factory)
+
+    @property
+    def disk_cache(self) -> DiskEmbeddingCache | None:
+        """The loaded model's disk embedding cache (``None`` before a Run with it on).
+
+        Its ``hits``, ``misses`` and ``writes`` count this model's disk reads and
+        writes since it was loaded.
+        """
+        model = self._models.current
+        caches = {} if model is None else model.disk_caches
+        return next(reversed(list(caches.values())), None)
 
     @property
     def running(self) -> bool:
@@ -186,7 +220,8 @@ class PerSAMWidget(Container):
         self.reference_slice.enabled = not self.all_painted_slices.value
 
     def _on_all_values_changed(self, *_: object) -> None:
-        self.label_value.enabled = not self.learn_all_values.value
+        loaded = self._concept_path() is not None
+        self.label_value.enabled = not loaded and not self.learn_all_values.value
 
     def _on_find_mode_changed(self, *_: object) -> None:
         instances = self.find_mode.value == controls.EVERY_INSTANCE
@@ -208,6 +243,26 @@ class PerSAMWidget(Container):
     def _on_finetune_changed(self, *_: object) -> None:
         self.finetune_steps.visible = self.finetune.value
 
+    def _on_concept_file_changed(self, *_: object) -> None:
+        # A loaded concept has no reference images: PerSAM-F has nothing to train on.
+        loaded = self._concept_path() is not None
+        self.finetune.enabled = not loaded
+        if loaded:
+            self.finetune.value = False
+        for widget in (self.reference, self.learn_all_values):
+            widget.enabled = not loaded
+        self._on_all_values_changed()
+        if loaded:
+            self.status.value = (
+                "Run segments with the concept file (the reference layer is not used); clear "
+                "'concept file' to learn again."
+            )
+        else:
+            self.status.value = "Run learns from the reference layer."
+
+    def _on_export_clicked(self, *_: object) -> None:
+        self.export_concept()
+
     def _on_run_clicked(self, *_: object) -> None:
         self.run()
 
@@ -215,6 +270,9 @@ class PerSAMWidget(Container):
         self.cancel()
 
     def _on_yielded(self, step: Progress) -> None:
+        if isinstance(step, ConceptReady) and step.concept is not None:
+            self.last_concept = step.concept
+            self.export_button.enabled = True
         self._show(step)
 
     def _on_errored(self, error: BaseException) -> None:
@@ -235,7 +293,7 @@ class PerSAMWidget(Container):
         if self.running:
             return
         try:
-            job = build_job(self._request())
+            job = build_job(self._request(concept=self._read_concept_file()))
         except ValueError as error:
             show_error(str(error))
             self.status.value = f"Not started: {error}"
@@ -256,6 +314,35 @@ class PerSAMWidget(Container):
         # Started from the event loop, once this click is handled, so whoever holds
         # the worker now (a test, a script) can connect to its signals first.
         QTimer.singleShot(0, self.worker.start)
+
+    def load_concept(self, path: str | Path | None) -> None:
+        """Segment with the concept file at ``path`` from the next Run on (``None``: learn again).
+
+        Same as choosing it in "concept file"; the file is read when Run is pressed.
+        """
+        self.concept_file.value = None if path is None else Path(path)
+
+    def export_concept(self, path: str | Path | None = None) -> Path | None:
+        """Save the last Run's concept to ``path`` (default: "export to").
+
+        Returns the file written, or ``None`` when nothing was saved (a
+        notification says why: no Run yet, no file chosen, a file that is not a
+        concept file in the way).
+        """
+        try:
+            if self.last_concept is None:
+                raise ValueError("No concept yet: press Run first, then export its concept.")
+            chosen = path if path is not None else self.export_path.value
+            if chosen is None or str(chosen) in ("", "."):
+                raise ValueError("Choose a file in 'export to' first (a name ending in .npz).")
+            written = self.last_concept.save(check_export_target(chosen))
+        except (ValueError, OSError) as error:
+            show_error(f"Concept not exported: {error}")
+            self.status.value = f"Not exported: {error}"
+            return None
+        show_info(f"Concept saved to {written}")
+        self.status.value = f"Exported the concept ({describe(self.last_concept)}) to {written}."
+        return written
 
     def cancel(self) -> None:
         """Stop after the image being segmented now; finished results stay."""
@@ -296,7 +383,17 @@ class PerSAMWidget(Container):
         self.extra_references_count.value = f"{count} added"
         self.clear_references_button.enabled = count > 0
 
-    def _request(self) -> Request:
+    def _concept_path(self) -> Path | None:
+        path = self.concept_file.value
+        if not path or str(path) in ("", "."):
+            return None
+        return Path(path)
+
+    def _read_concept_file(self) -> object | None:
+        path = self._concept_path()
+        return None if path is None else read_concept(path)
+
+    def _request(self, *, concept: object | None = None) -> Request:
         image = self.image.value
         return Request(
             image=image,
@@ -330,6 +427,9 @@ class PerSAMWidget(Container):
             instances=self.find_mode.value == controls.EVERY_INSTANCE,
             more_references=list(self.more_references.value or []),
             extra_shots=list(self._extra_shots),
+            concept_file=concept,
+            concept_source=repr(str(self._concept_path())),
+            cache_on_disk=bool(self.cache_on_disk.value),
         )
 
     def _checkpoint_path(self) -> Path | None:

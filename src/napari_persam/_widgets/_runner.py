@@ -24,8 +24,11 @@ from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from segment_anything.modeling import Sam
 
+    from napari_persam.core.concept_io import ConceptFile
+    from napari_persam.core.disk_cache import DiskEmbeddingCache
     from napari_persam.core.embeddings import EmbeddingCache
 
 #: ``factory(name, *, checkpoint, device)`` -> generator yielding Progress and
@@ -104,9 +107,18 @@ class Job:
     instances : bool
         Every instance (an id per object) instead of one object per value.
     reference_index : int or None
-        The stack slice propagation starts from (the main reference slice);
-        ``None`` for 2D references. Other stacks start from the same index, or
-        their last slice if they are shorter.
+        The stack slice propagation starts from (the main reference slice, or the
+        slice shown when a concept file is used); ``None`` for 2D images. Other
+        stacks start from the same index, or their last slice if they are shorter.
+    concept_file : ConceptFile or None
+        Segment with these concepts instead of learning from ``shots`` (then
+        empty); ``values`` are the file's label values.
+    concept_source : str
+        How to name the concept file in messages (its path).
+    cache_on_disk : bool
+        Also keep embeddings in the default disk cache folder
+        (:func:`napari_persam.core.disk_cache.default_cache_dir`, the command
+        line's default), so they are shared with it and with later sessions.
     """
 
     model: ModelChoice
@@ -117,6 +129,9 @@ class Job:
     targets: tuple[Target, ...]
     instances: bool = False
     reference_index: int | None = None
+    concept_file: ConceptFile | None = None
+    concept_source: str = ""
+    cache_on_disk: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,11 +177,61 @@ def slice_result(result: Any, *, values: Sequence[int]) -> SliceResult:
     return SliceResult(labels, np.asarray(similarity, dtype=np.float32), classes, objects)
 
 
+class LoadedModel:
+    """One loaded model with its embedding caches, created once and kept with it.
+
+    Attributes
+    ----------
+    sam : Sam
+    checkpoint_sha256 : str or None
+        SHA-256 of its checkpoint file: the registry's (verified on download) for
+        published weights, computed once for the user's own file, ``None`` for
+        models without one.
+    memory : EmbeddingCache
+        Embeddings of this widget session.
+    """
+
+    def __init__(self, sam: Sam, *, checkpoint_sha256: str | None, cache_size: int) -> None:
+        from napari_persam.core.embeddings import EmbeddingCache
+
+        self.sam = sam
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.memory = EmbeddingCache(cache_size)
+        self._disk: dict[Path, DiskEmbeddingCache] = {}
+
+    def cache(
+        self, folder: Path | None, *, device: torch.device
+    ) -> EmbeddingCache | DiskEmbeddingCache:
+        """The memory cache, or the disk cache in ``folder`` with the memory one in front.
+
+        The disk cache is made once per folder (``device``: where embeddings read
+        from disk go, the engine's), so its hit and write counts describe this
+        model's whole session.
+        """
+        if folder is None:
+            return self.memory
+        if folder not in self._disk:
+            from napari_persam.core.disk_cache import DiskEmbeddingCache
+
+            try:
+                # No checkpoint hash in the signature, as in the command line: the model
+                # fingerprint already names the weights, and both then share entries.
+                self._disk[folder] = DiskEmbeddingCache(folder, device=device, memory=self.memory)
+            except ValueError as error:
+                raise ValueError(f"{error} Or untick 'cache embeddings on disk'.") from error
+        return self._disk[folder]
+
+    @property
+    def disk_caches(self) -> dict[Path, DiskEmbeddingCache]:
+        """The disk caches made so far, by folder (their counters are for tests and scripts)."""
+        return dict(self._disk)
+
+
 class LoadedModels:
     """The model loaded by one widget, kept while the widget lives.
 
     A model is loaded once per (name, checkpoint, device), so switching images or
-    options does not reload it, and it keeps an embedding cache, so a rerun with
+    options does not reload it, and it keeps its embedding caches, so a rerun with
     other options does not encode the same images again. Only the latest model is
     kept: ViT-H alone takes 2.5 GB, and a user trying models one after the other
     should not run out of (GPU) memory.
@@ -182,18 +247,22 @@ class LoadedModels:
 
     def __init__(self, factory: ModelFactory | None = None) -> None:
         self.factory = factory
-        self._loaded: dict[tuple[str, str, str], tuple[Sam, EmbeddingCache]] = {}
+        self._loaded: dict[tuple[str, str, str], LoadedModel] = {}
 
     def __len__(self) -> int:
         return len(self._loaded)
 
+    @property
+    def current(self) -> LoadedModel | None:
+        """The model loaded last, or ``None`` before the first Run."""
+        return next(iter(self._loaded.values()), None)
+
     def load(
         self, choice: ModelChoice, *, cache_size: int
-    ) -> Generator[Progress, None, tuple[Sam, EmbeddingCache]]:
-        """The model of ``choice`` and its embedding cache, loading it if needed."""
+    ) -> Generator[Progress, None, LoadedModel]:
+        """The model of ``choice`` with its caches, loading it if needed."""
         key = (choice.name, os.fspath(choice.checkpoint or ""), choice.device)
         if key not in self._loaded:
-            from napari_persam.core.embeddings import EmbeddingCache
             from napari_persam.core.models import iter_load_model
 
             factory = self.factory if self.factory is not None else iter_load_model
@@ -201,8 +270,34 @@ class LoadedModels:
             self._loaded.clear()  # free the previous model before building the next
             loading = factory(choice.name, checkpoint=choice.checkpoint, device=device)
             sam = yield from _with_sizes(loading)
-            self._loaded[key] = (sam, EmbeddingCache(cache_size))
+            sha256 = yield from _checkpoint_sha256(choice, published=self.factory is None)
+            self._loaded[key] = LoadedModel(sam, checkpoint_sha256=sha256, cache_size=cache_size)
         return self._loaded[key]
+
+
+def _checkpoint_sha256(
+    choice: ModelChoice, *, published: bool
+) -> Generator[Progress, None, str | None]:
+    """The checkpoint's SHA-256, recorded in exported concept files.
+
+    ``published``: the default loader ran, so a model without a checkpoint file has
+    the registry's verified weights (another factory may have built anything).
+    """
+    if choice.checkpoint is None:
+        if not published:
+            return None
+        from napari_persam.core.models import MODEL_REGISTRY
+
+        spec = MODEL_REGISTRY.get(choice.name)
+        return spec.sha256 or None if spec is not None else None
+    import hashlib
+
+    yield Progress(0, 1, "hashing the checkpoint (recorded in exported concepts)")
+    hasher = hashlib.sha256()
+    with open(choice.checkpoint, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
 
 
 def _with_sizes(loading: Generator[Progress, None, Sam]) -> Generator[Progress, None, Sam]:
@@ -244,14 +339,21 @@ def run_job(job: Job, *, models: LoadedModels) -> Generator[Progress, None, int]
 
 
 def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None, int]:
-    """Load the model, learn the references, segment every target.
+    """Load the model, learn the references (or use the concept file), segment every target.
+
+    Raises
+    ------
+    ValueError
+        If ``job.concept_file`` was learned with another model (the message names both).
 
     Yields
     ------
     Progress
         ``result=None`` while loading (with bytes as ``done``/``total`` while a
         checkpoint downloads or is verified), learning and fine-tuning
-        (``message`` says which); then one step per target, in the order the
+        (``message`` says which); a :class:`~._concepts.ConceptReady` step
+        carrying the concept used (learned, or read from ``job.concept_file``);
+        then one step per target, in the order the
         results are computed (a propagated stack goes outward from the reference
         slice), with ``index`` into ``job.targets`` and ``result`` its
         :class:`SliceResult`.
@@ -261,21 +363,54 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     int
         How many targets were segmented.
     """
+    from napari_persam._widgets._concepts import ConceptReady, engine_concept, learned_concept
     from napari_persam._widgets._imports import import_engine
 
     total = len(job.targets)
     yield Progress(0, total, "loading PyTorch and segment-anything")
     PerSAM = import_engine()  # before the model: building SAM imports segment_anything
     yield Progress(0, total, f"loading model {job.model.name}")
-    sam, cache = yield from models.load(job.model, cache_size=job.config.cache_size)
-    device = None if job.model.device == "auto" else job.model.device
-    engine = PerSAM(sam, config=job.config, device=device, cache=cache, model_name=job.model.name)
-    classes = f"{len(job.values)} label values" if len(job.values) > 1 else "the object"
-    yield Progress(0, total, f"learning {classes} from {len(job.shots)} reference(s)")
-    concept = learn(engine, job)
-    if job.finetune:
-        yield Progress(0, total, "fine-tuning (PerSAM-F)")
-        concept = finetune(engine, concept)
+    model = yield from models.load(job.model, cache_size=job.config.cache_size)
+    from napari_persam.core.devices import resolve_device
+
+    device = resolve_device(None if job.model.device == "auto" else job.model.device)
+    engine = PerSAM(
+        model.sam,
+        config=job.config,
+        device=device,
+        cache=model.cache(_cache_folder(job), device=device),
+        model_name=job.model.name,
+    )
+    if job.concept_file is not None:
+        try:
+            job.concept_file.check_model(
+                model_name=job.model.name,
+                model_fingerprint=engine.fingerprint,
+                checkpoint_sha256=model.checkpoint_sha256,
+                source=f"Concept file {job.concept_source}",
+            )
+        except ValueError as error:
+            raise ValueError(
+                f"{error} In the widget: choose that model in 'model', or clear 'concept "
+                "file' to learn from the reference layer."
+            ) from error
+        concept = engine_concept(job.concept_file.concepts)
+    else:
+        classes = f"{len(job.values)} label values" if len(job.values) > 1 else "the object"
+        yield Progress(0, total, f"learning {classes} from {len(job.shots)} reference(s)")
+        concept = learn(engine, job)
+        if job.finetune:
+            yield Progress(0, total, "fine-tuning (PerSAM-F)")
+            concept = finetune(engine, concept)
+    # Handed to the main thread as a step's result, so the widget can export it.
+    used = learned_concept(
+        concept,
+        values=job.values,
+        model_name=job.model.name,
+        checkpoint_sha256=model.checkpoint_sha256,
+        config=job.config,
+    )
+    yield ConceptReady(0, total, "concept ready", concept=used)
     done = 0
     for source, indices in _groups(job.targets):
         for index, result in _segment_group(engine, concept, job, source, indices):
@@ -288,6 +423,14 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
                 result=slice_result(result, values=job.values),
             )
     return done
+
+
+def _cache_folder(job: Job) -> Path | None:
+    if not job.cache_on_disk:
+        return None
+    from napari_persam.core.disk_cache import default_cache_dir
+
+    return default_cache_dir()
 
 
 def learn(engine: Any, job: Job) -> Any:
