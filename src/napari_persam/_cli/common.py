@@ -55,7 +55,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "meaningless masks).",
     )
     parser.add_argument(
-        "--checkpoint", default=None, metavar="FILE", help="Checkpoint file of the model (.pth)."
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="Checkpoint file of the model (.pth); default: the published one, downloaded "
+        "once into the cache folder and verified.",
     )
     parser.add_argument(
         "--device", default="auto", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda..."
