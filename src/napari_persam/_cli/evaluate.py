@@ -33,7 +33,7 @@ Exit codes: 0 all images evaluated, 1 some images failed (each named),
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score PerSAM against ground-truth masks on a dataset folder",
+        help="Score PerSAM against ground-truth masks on a dataset folder.",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``models`` subcommand to the ``napari-persam`` parser."""
     parser = subparsers.add_parser(
         "models",
-        help="list, download and verify SAM checkpoints",
+        help="List, download and verify SAM checkpoints.",
         description="List, download and verify the SAM checkpoints napari-persam uses. "
         f"Files go to one cache folder (${weights.CACHE_ENV} moves it); a file put there "
         "by hand under its published name is found and verified.",
