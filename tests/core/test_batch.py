@@ -164,3 +164,44 @@ def test_tiff_slices_are_read_one_at_a_time(tmp_path):
     tifffile.imwrite(tmp_path / "s.tif", stack, compression="zlib")
     (target,) = resolve_targets([str(tmp_path / "s.tif")])
     np.testing.assert_array_equal(read_slice(target, 2), stack[2])
+
+
+def test_a_file_without_a_record_is_neither_skipped_nor_overwritten(tmp_path):
+    image = np.zeros((8, 9), np.uint8)
+    image[2:5, 3:6] = 200
+    Image.fromarray(image).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = np.full((8, 9), 7, np.uint8)
+    Image.fromarray(mine).save(out / "a.png")  # the user's own file, same name
+    options = SegmentOptions()
+    items, _ = plan_items(resolve_targets([str(tmp_path / "a.png")]), out, options=options)
+    assert not items[0].is_finished()
+    (record,) = run(iter_run_local(FakeEngine(), {1: CONCEPT}, items, options=options,
+                                   dtype=np.dtype(np.uint8)))  # fmt: skip
+    assert record["status"] == "failed" and "not overwritten" in record["error"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a.png")), mine)
+
+
+def test_a_deleted_stack_output_is_segmented_again(tmp_path):
+    import shutil
+
+    stack = np.zeros((2, 8, 9), np.uint8)
+    stack[:, 2:4, 2:4] = 200
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    out = tmp_path / "out"
+    options = SegmentOptions()
+    dtype = output_dtype([3], options)
+
+    def segment_all():
+        items, _ = plan_items(resolve_targets([str(tmp_path / "s.tif")]), out, options=options)
+        items, _ = prepare_outputs(items, out, dtype=dtype)
+        return run(iter_run_local(FakeEngine(), {3: CONCEPT}, items, options=options,
+                                  dtype=dtype))  # fmt: skip
+
+    assert [r["status"] for r in segment_all()] == ["ok", "ok"]
+    assert [r["status"] for r in segment_all()] == ["skipped", "skipped"]
+    shutil.rmtree(out / "s.zarr")  # the user wants it done again
+    assert [r["status"] for r in segment_all()] == ["ok", "ok"]
+    labels = zarr.open_array(str(out / "s.zarr"), mode="r")[...]
+    np.testing.assert_array_equal(labels, np.where(stack > 100, 3, 0))

@@ -76,9 +76,13 @@ class WorkItem:
         return f"{self.target.path}[{self.index}]"
 
     def is_finished(self) -> bool:
-        if self.target.is_stack:
-            return os.path.isfile(self.record)
-        return os.path.isfile(self.output)
+        """Finished by an earlier run: its record and its output both exist.
+
+        The record is written after the output, so an output without one is either
+        a file this tool did not write or the leftover of an interrupted write;
+        :func:`run_item` refuses to overwrite it.
+        """
+        return os.path.isfile(self.record) and os.path.exists(self.output)
 
 
 @dataclass(frozen=True)
@@ -176,9 +180,16 @@ def prepare_outputs(
             continue
         try:
             shape = stack_shape(item.target)
+            existed = os.path.exists(item.output)
             create_label_stack(
                 item.output, shape=tuple(shape[:3]), dtype=dtype, source=item.target.path
             )
+            if not existed:
+                # A new, empty array: records of slices written into a deleted one
+                # must not mark its slices finished.
+                for other in items:
+                    if other.output == item.output:
+                        Path(other.record).unlink(missing_ok=True)
             prepared.add(item.output)
         except Exception as error:
             blocked.add(item.output)
@@ -211,6 +222,11 @@ def run_item(
     start = time.perf_counter()
     if options.propagate and item.target.is_stack:
         return _run_stack(engine, concepts, item, options=options, dtype=dtype, start=start)
+    if not item.target.is_stack and os.path.exists(item.output):
+        raise ValueError(
+            f"{item.output!r} already exists and no record says this tool wrote it (or its run "
+            "was interrupted); it is not overwritten. Move it away or choose another --out."
+        )
     if item.index is None:
         image = read_image(item.target.path)
     else:

@@ -144,7 +144,12 @@ class PerSAM:
                 raise ValueError("learn() needs at least one (image, mask) pair.")
         else:
             pairs = [(image, mask)]
-        shots = [self._shot(ref_image, ref_mask) for ref_image, ref_mask in pairs]
+        # Masks are checked before any image is encoded (seconds each with ViT-B).
+        masks = [prepare_mask(ref_mask, np.shape(ref_image)) for ref_image, ref_mask in pairs]
+        shots = [
+            self._shot(self._reference(ref_image), mask)
+            for (ref_image, _), mask in zip(pairs, masks)
+        ]
         return self._concept_from_shots(shots)
 
     def _concept_from_shots(self, shots: Sequence[Shot]) -> Concept:
@@ -214,33 +219,48 @@ class PerSAM:
                 f"Label value(s) {missing or wanted} are not painted in the reference "
                 f"(painted values: {present or 'none'}); paint them or choose others."
             )
+        # Masks are checked before any image is encoded; each reference is then
+        # prepared, hashed and encoded once, and its classes share it.
+        masks = [
+            {
+                value: prepare_mask(np.asarray(lab) == value, np.shape(ref))
+                for value in wanted
+                if (np.asarray(lab) == value).any()
+            }
+            for ref, lab in pairs
+        ]
+        references = [self._reference(ref) for ref, _ in pairs]
         concepts = {}
         for value in wanted:
             shots = [
-                self._shot(ref, np.asarray(lab) == value)
-                for ref, lab in pairs
-                if (np.asarray(lab) == value).any()
+                self._shot(reference, by_value[value])
+                for reference, by_value in zip(references, masks)
+                if value in by_value
             ]
             concepts[value] = self._concept_from_shots(shots)
         return ClassConcepts(concepts)
 
-    def _shot(self, image: np.ndarray, mask: np.ndarray) -> Shot:
+    def _reference(self, image: np.ndarray) -> tuple[ImageEmbedding, np.ndarray]:
+        """A reference image's embedding and its features on the CPU (shared by its shots)."""
         if np.ndim(image) not in (2, 3):
             raise ValueError(
                 f"Each reference must be an (image, mask) pair of 2D arrays; got an image "
                 f"of shape {np.shape(image)}."
             )
-        rgb = prepare_image(image, channels=self.config.channels)
-        boolean = prepare_mask(mask, rgb.shape)
-        embedding = self._embed_rgb(rgb)
-        coverage = embedding.geometry.mask_coverage(boolean)
+        embedding = self.embed(image)
+        return embedding, embedding.features[0].cpu().numpy()
+
+    def _shot(self, reference: tuple[ImageEmbedding, np.ndarray], mask: np.ndarray) -> Shot:
+        """One reference object; ``mask`` (H, W) bool, already checked by prepare_mask."""
+        embedding, features = reference
+        coverage = embedding.geometry.mask_coverage(mask)
         foreground = coverage >= self.config.foreground_coverage
         if not foreground.any():
             # A small object covers no cell by half: use the best-covered cell(s).
             foreground = coverage >= coverage.max()
         return Shot(
-            features=embedding.features[0].cpu().numpy(),
-            mask=boolean,
+            features=features,
+            mask=mask,
             geometry=embedding.geometry,
             foreground_cells=foreground,
         )
