@@ -167,3 +167,13 @@ def test_bad_choices_are_refused_with_a_message(changes, message):
     image, reference = changes.pop("image"), changes.pop("reference")
     with pytest.raises(ValueError, match=message):
         build_job(_request(image, reference, **changes))
+
+
+def test_the_plugins_own_result_layer_cannot_be_the_reference():
+    viewer = ViewerModel()
+    image, _ = _stack()
+    viewer.add_layer(image)
+    labels = ensure_outputs(viewer, image, dtype=np.dtype(np.uint8)).labels
+    labels.data[2, 1:4, 1:4] = 5  # a corrected result: rewritten by the next Run
+    with pytest.raises(ValueError, match="add result slice as reference"):
+        build_job(_request(image, labels))

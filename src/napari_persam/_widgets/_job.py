@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_persam._widgets._layers import spatial_shape
+from napari_persam._widgets._layers import METADATA_KEY, spatial_shape
 from napari_persam._widgets._reference import (
     most_painted_label,
     painted_values,
@@ -194,6 +194,14 @@ def _check_labels(reference: Labels | None, image: Image) -> Labels:
         raise ValueError(
             "Choose a reference Labels layer: add one (Layers > New Labels Layer) and "
             "paint one object on the image."
+        )
+    if METADATA_KEY in reference.metadata:
+        # Runs write into the plugin's own layers: learning from one would overwrite
+        # the user's corrections on the next Run.
+        raise ValueError(
+            f"{reference.name!r} is a result of this plugin and is rewritten by every Run; "
+            "use 'add result slice as reference' for a corrected result, or duplicate the "
+            "layer (Layers > Duplicate Layer) and choose the copy."
         )
     shape = spatial_shape(image)
     if tuple(reference.data.shape) != shape:

@@ -362,7 +362,14 @@ class PerSAMWidget(Container):
         """
         try:
             image = check_image(self.image.value)
-            index = self._current_slice(image) if len(spatial_shape(image)) == 3 else None
+            index = None
+            if len(spatial_shape(image)) == 3:
+                index, depth = self._current_slice(image), spatial_shape(image)[0]
+                if not 0 <= index < depth:  # a negative index would take another slice
+                    raise ValueError(
+                        f"the viewer shows slice {index}, outside {image.name!r} (slices 0 "
+                        f"to {depth - 1}); move the slider onto the image first."
+                    )
             shot, where = result_shot(self._viewer, image, slice_index=index)
         except ValueError as error:
             show_error(str(error))
