@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -211,12 +210,3 @@ def learn_concept(engine: PerSAM, pairs: list[tuple[str, str]], *, finetune: boo
     except ValueError as error:
         raise UsageError(f"Cannot learn from the references: {error}") from error
     return concept
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher.hexdigest()

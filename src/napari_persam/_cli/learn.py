@@ -14,12 +14,12 @@ from napari_persam._cli.common import (
     add_reference_arguments,
     build_config,
     fail,
-    file_sha256,
     learn_concept,
     load_engine,
     reference_pairs,
 )
 from napari_persam.core.models import DEFAULT_MODEL
+from napari_persam.core.progress import run
 
 COMMAND = "learn"
 
@@ -68,10 +68,13 @@ def _learn(args: argparse.Namespace) -> int:
         raise UsageError(f"--label-value must be in 1..65535, got {args.label_value}.")
     model_name = args.model or DEFAULT_MODEL
     config = build_config(args)
-    checkpoint_sha256 = file_sha256(args.checkpoint) if args.checkpoint else None
     # The cache is keyed by the model fingerprint alone, as in `segment`, so both share
-    # entries; the checkpoint hash is recorded in the concept file.
+    # entries; the checkpoint hash is recorded in the concept file. The model is
+    # loaded first: a missing or wrong checkpoint ends here with its message.
     engine = load_engine(args, model_name=model_name, config=config)
+    from napari_persam.core.weights import iter_model_sha256
+
+    checkpoint_sha256 = run(iter_model_sha256(model_name, args.checkpoint))
     concept = learn_concept(engine, pairs, finetune=args.finetune)
     written = save_concept(
         concept,

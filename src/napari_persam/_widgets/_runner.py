@@ -283,21 +283,11 @@ def _checkpoint_sha256(
     ``published``: the default loader ran, so a model without a checkpoint file has
     the registry's verified weights (another factory may have built anything).
     """
-    if choice.checkpoint is None:
-        if not published:
-            return None
-        from napari_persam.core.models import MODEL_REGISTRY
+    if choice.checkpoint is None and not published:
+        return None
+    from napari_persam.core.weights import iter_model_sha256
 
-        spec = MODEL_REGISTRY.get(choice.name)
-        return spec.sha256 or None if spec is not None else None
-    import hashlib
-
-    yield Progress(0, 1, "hashing the checkpoint (recorded in exported concepts)")
-    hasher = hashlib.sha256()
-    with open(choice.checkpoint, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
+    return (yield from iter_model_sha256(choice.name, choice.checkpoint))
 
 
 def _with_sizes(loading: Generator[Progress, None, Sam]) -> Generator[Progress, None, Sam]:

@@ -126,6 +126,11 @@ def checkpoint_sha256(path: str | os.PathLike) -> str:
     this process, while the file's size and modification time are unchanged; so
     recording which checkpoint made a result is cheap even for 2.5 GB files.
     """
+    return run(iter_checkpoint_sha256(path))
+
+
+def iter_checkpoint_sha256(path: str | os.PathLike) -> Generator[Progress, None, str]:
+    """:func:`checkpoint_sha256` as a progress generator (bytes hashed), for workers."""
     path = Path(path)
     recorded = read_record(path)
     if recorded is not None:
@@ -136,10 +141,26 @@ def checkpoint_sha256(path: str | os.PathLike) -> str:
         known = _HASH_MEMO.get(key)
     if known is not None:
         return known
-    digest = run(iter_sha256(path))
+    digest = yield from iter_sha256(path, message=f"hashing {path.name}")
     with _HASH_MEMO_LOCK:
         _HASH_MEMO[key] = digest
     return digest
+
+
+def iter_model_sha256(
+    name: str, checkpoint: str | os.PathLike | None
+) -> Generator[Progress, None, str | None]:
+    """SHA-256 of the weights ``iter_load_model(name, checkpoint=...)`` loads, or None.
+
+    Without a checkpoint file the registry's published, verified hash is the answer
+    (None for models without published weights); with one, its memoised hash.
+    """
+    if checkpoint is None:
+        from napari_persam.core.models import MODEL_REGISTRY
+
+        spec = MODEL_REGISTRY.get(name)
+        return (spec.sha256 or None) if spec is not None else None
+    return (yield from iter_checkpoint_sha256(checkpoint))
 
 
 def record_path(path: str | os.PathLike) -> Path:
