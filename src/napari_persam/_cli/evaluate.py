@@ -78,7 +78,7 @@ def _error(message: str) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from napari_persam.core.evaluation import EvaluationOptions, evaluate_dataset, load_dataset
-    from napari_persam.core.models import TINY_MODEL, get_spec
+    from napari_persam.core.models import get_spec
 
     try:
         dataset = load_dataset(args.dataset)
@@ -93,12 +93,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
             dataset.find(name)
     except ValueError as error:
         return _error(str(error))
-    if args.checkpoint is None and args.model != TINY_MODEL:
-        return _error(
-            f"--checkpoint is required for model {args.model!r} (for example "
-            "sam_vit_b_01ec64.pth from the segment-anything release); "
-            f"--model {TINY_MODEL} runs without one but gives meaningless masks."
-        )
     outputs = _output_paths(args.out)
     if isinstance(outputs, str):
         return _error(outputs)
@@ -108,14 +102,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
         except OSError as error:
             return _error(f"cannot create --out folder {args.out}: {error}")
 
-    from napari_persam.core.models import build_model
+    from napari_persam.core.models import iter_load_model
     from napari_persam.core.persam import PerSAM
     from napari_persam.core.progress import run
+    from napari_persam.core.weights import WeightsError
 
     try:
-        sam = build_model(args.model, checkpoint=args.checkpoint, device=args.device)
+        # As learn and segment: a checkpoint in the cache is found, a missing one
+        # downloaded and verified, or the message says where to put it.
+        sam = run(iter_load_model(args.model, checkpoint=args.checkpoint, device=args.device))
         engine = PerSAM(sam, device=args.device, model_name=args.model)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, WeightsError) as error:
         return _error(str(error))
 
     def show(step) -> None:

@@ -59,10 +59,15 @@ def run(
     on_progress : callable, optional
         Called with each yielded :class:`Progress` (e.g. to print or update a bar).
     """
-    while True:
-        try:
-            step = next(work)
-        except StopIteration as stop:
-            return stop.value
-        if on_progress is not None:
-            on_progress(step)
+    try:
+        while True:
+            try:
+                step = next(work)
+            except StopIteration as stop:
+                return stop.value
+            if on_progress is not None:
+                on_progress(step)
+    finally:
+        # If on_progress raised, the generator's own cleanup (a partial download,
+        # an open file) runs now rather than whenever it is garbage collected.
+        work.close()
