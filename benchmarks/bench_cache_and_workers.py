@@ -62,10 +62,10 @@ def reference_mask(image: np.ndarray) -> np.ndarray:
 
 
 def bench_cache(model: str, stack: np.ndarray) -> dict:
-    from napari_persam.core import persam
-    from napari_persam.core.disk_cache import DiskEmbeddingCache
+    from napari_persam.core.engine import persam
+    from napari_persam.core.io.disk_cache import DiskEmbeddingCache
     from napari_persam.core.models import build_model
-    from napari_persam.core.persam import PerSAM
+    from napari_persam.core.engine.persam import PerSAM
 
     sam = build_model(model, device="cpu")
     timings: dict[str, list[float]] = {"encode": [], "disk_read": [], "disk_write": []}
@@ -133,14 +133,14 @@ def bench_cache(model: str, stack: np.ndarray) -> dict:
 def bench_workers(model: str, stack: np.ndarray) -> list[dict]:
     import tifffile
 
-    from napari_persam.core.concept_io import save_concept
+    from napari_persam.core.io.concept_file import save_concept
     from napari_persam.core.models import build_model
-    from napari_persam.core.persam import PerSAM
+    from napari_persam.core.engine.persam import PerSAM
 
     results = []
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder)
-        tifffile.imwrite(base / "stack.tif", stack)
+        tifffile.imwrite(base / "stack.tif", stack, photometric="minisblack")
         engine = PerSAM(build_model(model, device="cpu"), device="cpu", model_name=model)
         middle = stack[len(stack) // 2]
         save_concept(engine.learn(middle, reference_mask(middle)), base / "concept.npz")

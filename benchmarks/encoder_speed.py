@@ -14,7 +14,7 @@ import torch
 
 from napari_persam.core.devices import resolve_device
 from napari_persam.core.models import get_spec
-from napari_persam.core.state_dicts import skip_random_init
+from napari_persam.core.models.state_dicts import skip_random_init
 
 
 def measure(name: str, *, device: torch.device, repeats: int) -> dict[str, float]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_persam.core.io import read_image, read_mask
+from napari_persam.core.io.images import read_image, read_mask
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

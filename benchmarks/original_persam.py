@@ -11,7 +11,7 @@ unmodified ``segment_anything.SamPredictor``:
 * similarity maps are upsampled to the full image with ``postprocess_masks``;
 * every prediction is ``predictor.predict`` at full image resolution (the first
   PerSAM step with target-guided attention and semantic prompt goes through
-  :func:`napari_persam.core.decoder.decode_masks`, the same decoder compute as the
+  :func:`napari_persam.core.engine.decoder.decode_masks`, the same decoder compute as the
   authors' modified decoder);
 * PerSAM-F runs SAM's decoder on every one of its 1000 training steps and computes
   the loss on full-resolution logits of the three masks.
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from segment_anything import SamPredictor
 from timing import StageClock, lap_now, lap_since, synchronize
 
-from napari_persam.core.decoder import decode_masks
-from napari_persam.core.finetune import dice_loss, sigmoid_focal_loss
+from napari_persam.core.engine.decoder import decode_masks
+from napari_persam.core.engine.finetune import dice_loss, sigmoid_focal_loss
 
 
 @dataclass

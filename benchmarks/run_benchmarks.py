@@ -46,9 +46,10 @@ from timing import (  # noqa: E402
 )
 
 from napari_persam.core import PerSAM, PerSAMConfig  # noqa: E402
-from napari_persam.core import persam as persam_module  # noqa: E402
+from napari_persam.core.engine import persam as persam_module  # noqa: E402
+from napari_persam.core.engine import prompting as prompting_module  # noqa: E402
 from napari_persam.core.devices import resolve_device, supports_bfloat16  # noqa: E402
-from napari_persam.core.metrics import iou  # noqa: E402
+from napari_persam.core.evaluation.metrics import iou  # noqa: E402
 from napari_persam.core.models import build_model, build_tiny_sam  # noqa: E402
 from napari_persam.core.progress import run  # noqa: E402
 
@@ -133,13 +134,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Settings, Path | None]:
 def instrumented(engine: PerSAM, clock: StageClock) -> Iterator[None]:
     """Time the engine's stages through wrappers; everything is restored afterwards.
 
-    Wraps the methods of the engine's prompter on the instance and two functions
-    persam.py imported, so no core file changes. The smoke test
+    Wraps the methods of the engine's prompter on the instance, and the functions
+    persam.py and prompting.py imported, so no core file changes. The smoke test
     (tests/test_benchmarks_smoke.py) fails if these names move.
     """
     saved = {
-        "encode_image": persam_module.encode_image,
-        "remove_small_components": persam_module.remove_small_components,
+        (persam_module, "encode_image"): persam_module.encode_image,
+        (prompting_module, "remove_small_components"): prompting_module.remove_small_components,
     }
 
     def decode_stage(_args: tuple, kwargs: dict) -> str:
@@ -149,17 +150,17 @@ def instrumented(engine: PerSAM, clock: StageClock) -> Iterator[None]:
     prompter.guidance = clock.wrap("location prior", prompter.guidance)
     prompter.decode = clock.wrap(decode_stage, prompter.decode)
     prompter.to_mask = clock.wrap("mask upscaling", prompter.to_mask)
-    persam_module.encode_image = clock.wrap("image encoding", saved["encode_image"])
-    persam_module.remove_small_components = clock.wrap(
-        "post-processing", saved["remove_small_components"]
+    persam_module.encode_image = clock.wrap("image encoding", persam_module.encode_image)
+    prompting_module.remove_small_components = clock.wrap(
+        "post-processing", prompting_module.remove_small_components
     )
     try:
         yield
     finally:
         for name in ("guidance", "decode", "to_mask"):
             vars(prompter).pop(name, None)
-        for name, function in saved.items():
-            setattr(persam_module, name, function)
+        for (module, name), function in saved.items():
+            setattr(module, name, function)
 
 
 def bare_encoder(sam: torch.nn.Module, image: np.ndarray, device: torch.device) -> Lap:

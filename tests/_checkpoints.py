@@ -16,7 +16,8 @@ from functools import partial
 import torch
 
 from napari_persam.core.models import MODEL_REGISTRY, ModelSpec, build_tiny_sam
-from napari_persam.core.state_dicts import signature_of_model
+from napari_persam.core.models.builders import BUILDERS
+from napari_persam.core.models.state_dicts import signature_of_model
 
 
 def checkpoint_bytes(state: dict) -> bytes:
@@ -55,17 +56,27 @@ def stand_in(
     """
     sam = build_tiny_sam(seed=seed, encoder_dim=encoder_dim, encoder_depth=encoder_depth)
     body = checkpoint_bytes(sam.state_dict())
-    spec = dataclasses.replace(
-        MODEL_REGISTRY[name],
-        builder=partial(
+    architecture = register_architecture(
+        f"stand-in-{encoder_dim}x{encoder_depth}-{seed}",
+        partial(
             build_tiny_sam, seed=seed + 100, encoder_dim=encoder_dim, encoder_depth=encoder_depth
         ),
+    )
+    spec = dataclasses.replace(
+        MODEL_REGISTRY[name],
+        architecture=architecture,
         url=url or MODEL_REGISTRY[name].url,
         size=len(body),
         sha256=sha256(body),
         signature=signature_of_model(sam),
     )
     return StandIn(spec=spec, body=body, sam=sam)
+
+
+def register_architecture(name: str, builder) -> str:
+    """Make ``builder`` the builder of architecture ``name`` (a test-only architecture)."""
+    BUILDERS[name] = builder
+    return name
 
 
 def weights_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -35,7 +35,7 @@ def _private_cache(tmp_path_factory):
     """Checkpoints and embeddings go to a temporary cache, never the user's."""
     import os
 
-    from napari_persam.core.weights import CACHE_ENV
+    from napari_persam.core.models.checkpoints import CACHE_ENV
 
     previous = os.environ.get(CACHE_ENV)
     os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("napari-persam-cache"))

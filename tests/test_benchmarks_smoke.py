@@ -45,7 +45,7 @@ def test_quick_benchmark_writes_every_figure(run_benchmarks, tmp_path):
 
 def test_instrumentation_restores_the_engine(run_benchmarks, tiny_sam):
     from napari_persam.core import PerSAM
-    from napari_persam.core import persam as persam_module
+    from napari_persam.core.engine import persam as persam_module
 
     engine = PerSAM(tiny_sam, device="cpu")
     before = persam_module.encode_image

@@ -2,8 +2,7 @@
 
 Each subcommand lives in its own module under ``napari_persam._cli`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
-``func(args) -> int`` (the exit code). Exit codes: 0 success, 1 some work
-failed (each failure named), 2 bad arguments.
+``func(args) -> int`` (the exit code, see :mod:`napari_persam._cli.common`).
 """
 
 from __future__ import annotations
@@ -14,13 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from napari_persam import __version__
+from napari_persam._cli.common import EXIT_BAD_ARGUMENTS
 
 # Subcommand modules, in the order `--help` lists them.
 SUBCOMMANDS: tuple[str, ...] = ("learn", "segment", "evaluate", "models")
-
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_BAD_ARGUMENTS = 2
 
 
 def build_parser() -> argparse.ArgumentParser:

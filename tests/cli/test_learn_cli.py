@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from napari_persam.cli import main
-from napari_persam.core.concept_io import read_concept_file
+from napari_persam.core.io.concept_file import read_concept_file
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def _learn(reference: tuple[Path, Path], out: Path, *extra: str) -> int:
 
 
 def test_learn_writes_a_concept_file(reference, tmp_path):
-    from napari_persam.core.embeddings import model_fingerprint
+    from napari_persam.core.engine.embeddings import model_fingerprint
     from napari_persam.core.models import build_tiny_sam
 
     assert _learn(reference, tmp_path / "cells", "--label-value", "4") == 0

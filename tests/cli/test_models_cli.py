@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from napari_persam.cli import EXIT_BAD_ARGUMENTS, EXIT_OK, EXIT_SOME_FAILED, main
-from napari_persam.core import weights
+from napari_persam._cli.common import EXIT_BAD_ARGUMENTS, EXIT_OK, EXIT_SOME_FAILED
+from napari_persam.cli import main
+from napari_persam.core.models import checkpoints as weights
 from napari_persam.core.models import MODEL_REGISTRY
 from tests._checkpoints import stand_in
 from tests._http_server import LoopbackServer, block_internet

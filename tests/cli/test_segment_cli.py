@@ -40,7 +40,7 @@ def data(tmp_path, rng) -> Path:
     Image.fromarray(_scene(rng, 6)).save(root / "images" / "b.jpg", quality=95)
     tifffile.imwrite(root / "images" / "c.tif", _scene(rng, 4).astype(np.uint16) * 100)
     stack = np.stack([_scene(rng, shift) for shift in (0, 3, 6)]).astype(np.uint16) * 50
-    tifffile.imwrite(root / "stack.tif", stack)
+    tifffile.imwrite(root / "stack.tif", stack, photometric="minisblack")
     return root
 
 
@@ -115,7 +115,7 @@ def test_concept_file_zarr_stack_and_label_value(data, tmp_path):
 
 @pytest.mark.slow
 def test_second_run_reads_embeddings_from_the_cache(data, tmp_path, monkeypatch):
-    from napari_persam.core import persam
+    from napari_persam.core.engine import persam
 
     calls = []
     original = persam.encode_image
@@ -156,20 +156,21 @@ def test_killed_run_then_clean_rerun(data, tmp_path):
     script = textwrap.dedent(
         f"""
         import os
-        from napari_persam.core import batch, batch_io
+        from napari_persam.core.batch import run
+        from napari_persam.core.io import labels
         from napari_persam.cli import main
 
         calls = []
 
-        def write_then_die(path, labels):
+        def write_then_die(path, array):
             calls.append(path)
             if len(calls) == 2:  # killed while writing the second output
                 partial = os.path.join(os.path.dirname(path), ".b.123.partial.png")
                 open(partial, "wb").write(b"half")
                 os._exit(9)
-            batch_io.write_labels(path, labels)
+            labels.write_labels(path, array)
 
-        batch.write_labels = write_then_die
+        run.write_labels = write_then_die
         main(["segment", "--model", "tiny", "--device", "cpu", "--no-cache", "--quiet",
               "--reference", {str(data / "reference.png")!r}, "--mask", {str(data / "mask.png")!r},
               "--targets", {str(data / "images")!r}, "--out", {str(out)!r}])
@@ -190,8 +191,8 @@ def test_killed_run_then_clean_rerun(data, tmp_path):
 
 
 def test_wrong_model_concept_exits_2_naming_both(data, tmp_path, capsys):
-    from napari_persam.core.concept import Concept
-    from napari_persam.core.concept_io import save_concept
+    from napari_persam.core.engine.concepts import Concept
+    from napari_persam.core.io.concept_file import save_concept
 
     other = Concept(
         target_embedding=np.ones(256, np.float32), model_fingerprint="0" * 32, model_name="tiny"
@@ -251,7 +252,7 @@ def test_duplicate_output_names_are_refused(data, tmp_path, capsys):
 
 def test_instances_and_propagation_from_the_command_line(data, tmp_path):
     stack = np.stack([_scene(np.random.default_rng(z)) for z in range(3)])
-    tifffile.imwrite(data / "stack.tif", stack)
+    tifffile.imwrite(data / "stack.tif", stack, photometric="minisblack")
     out = tmp_path / "out"
     code = _segment(*_references(data), "--targets", str(data / "stack.tif"), "--instances",
                     "--stack-mode", "propagate", "--start-slice", "1",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_persam.core.concept_io import read_concept_file
+from napari_persam.core.io.concept_file import read_concept_file
 from tests.widgets._helpers import run_and_wait, squares
 
 
@@ -102,7 +102,7 @@ def test_a_loaded_concept_segments_another_image_without_the_reference(
 def test_a_concept_of_another_model_is_refused_with_both_named(
     viewer, open_widget, qtbot, tmp_path, notifications
 ):
-    from napari_persam.core.embeddings import model_fingerprint
+    from napari_persam.core.engine.embeddings import model_fingerprint
     from napari_persam.core.models import build_tiny_sam
 
     viewer.add_image(squares((32, 32)), name="img")
@@ -128,7 +128,7 @@ def test_a_concept_of_another_model_is_refused_with_both_named(
 def test_the_disk_cache_serves_a_fresh_model_without_encoding(
     viewer, open_widget, qtbot, tmp_path, monkeypatch
 ):
-    from napari_persam.core.weights import CACHE_ENV
+    from napari_persam.core.models.checkpoints import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))  # an empty cache for this test
     viewer.add_image(squares((32, 48), seed=7), name="img")

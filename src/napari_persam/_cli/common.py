@@ -1,4 +1,9 @@
-"""Options and steps shared by ``napari-persam learn`` and ``napari-persam segment``."""
+"""What every subcommand shares: exit codes, the error printer, options, engine building.
+
+Exit codes: 0 success, 1 some work failed (each failure named), 2 bad arguments
+or inputs. Core messages name options in the core's terms; :data:`FLAGS` spells
+them as this command line does, and :func:`message` applies it.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +13,46 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from napari_persam.core.config import PerSAMConfig
+from napari_persam.core.errors import render_error
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_persam.core.concept import Concept
-    from napari_persam.core.persam import PerSAM
+    from napari_persam.core.engine.concepts import Concept
+    from napari_persam.core.engine.persam import PerSAM
+    from napari_persam.core.engine_builder import EngineSpec
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_BAD_ARGUMENTS = 2
+
+#: How this command line spells the options core messages name.
+FLAGS = {
+    "channels": "--channels",
+    "mask_threshold": "--mask-threshold",
+    "labels": "--instances yes",
+    "targets": "--targets",
+    "out": "another --out folder",
+    "model": "--model",
+    "label_value": "--label-value",
+}
 
 
 class UsageError(Exception):
     """A bad argument or input file: reported with exit code 2 and the message."""
 
 
-def fail(command: str, message: str) -> int:
-    """Print ``message`` as argparse does for bad arguments and return exit code 2."""
-    print(f"napari-persam {command}: error: {message}", file=sys.stderr)
+def message(error: BaseException) -> str:
+    """``error``'s message with options spelled as command-line flags."""
+    return render_error(error, FLAGS)
+
+
+def usage_error(error: BaseException, prefix: str = "") -> UsageError:
+    """A :class:`UsageError` carrying ``error``'s message in this command line's words."""
+    return UsageError(prefix + message(error))
+
+
+def fail(command: str, text: str) -> int:
+    """Print ``text`` as argparse does for bad arguments and return exit code 2."""
+    print(f"napari-persam {command}: error: {text}", file=sys.stderr)
     return EXIT_BAD_ARGUMENTS
 
 
@@ -42,6 +70,18 @@ def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="MASK",
         help="Mask of the object in the matching --reference (nonzero pixels = object).",
+    )
+
+
+def add_mask_threshold_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mask-threshold",
+        type=float,
+        metavar="T",
+        default=None,
+        help="Binarise masks above this value. Default: a mask is read as labels when it "
+        "clearly is a label image, else thresholded halfway between its lowest and highest "
+        "value (JPEG masks at 127).",
     )
 
 
@@ -114,6 +154,8 @@ def reference_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
             "give one --mask after each --reference."
         )
     for path in [*references, *masks]:
+        if os.path.isdir(path):
+            raise UsageError(f"{path!r} is a folder; --reference and --mask name files.")
         if not os.path.isfile(path):
             raise UsageError(f"{path!r}: no such file.")
     return list(zip(references, masks))
@@ -132,18 +174,7 @@ def build_config(args: argparse.Namespace, base: PerSAMConfig | None = None) -> 
     try:
         return dataclasses.replace(config, **changes)
     except ValueError as error:
-        raise UsageError(str(error)) from error
-
-
-def cache_folder(args: argparse.Namespace) -> str | None:
-    """The disk cache folder to use, or ``None`` with ``--no-cache``."""
-    if args.no_cache:
-        return None
-    if args.cache is not None:
-        return args.cache
-    from napari_persam.core.disk_cache import default_cache_dir
-
-    return str(default_cache_dir())
+        raise usage_error(error) from error
 
 
 def cache_max_bytes(args: argparse.Namespace) -> int:
@@ -152,61 +183,70 @@ def cache_max_bytes(args: argparse.Namespace) -> int:
     return int(args.cache_max_gb * 1024**3)
 
 
-def load_engine(
+def engine_spec(
     args: argparse.Namespace,
     *,
     model_name: str,
     config: PerSAMConfig,
-    checkpoint_sha256: str | None = None,
-) -> PerSAM:
-    """Build the model and an engine with the disk cache the arguments ask for."""
-    from napari_persam.core.disk_cache import DiskEmbeddingCache
-    from napari_persam.core.embeddings import EmbeddingCache
-    from napari_persam.core.models import iter_load_model
-    from napari_persam.core.persam import PerSAM
-    from napari_persam.core.progress import run
-    from napari_persam.core.weights import WeightsError
+    torch_threads: int | None = None,
+) -> EngineSpec:
+    """The engine the arguments ask for (model, checkpoint, device, options, cache)."""
+    from napari_persam.core.engine_builder import EngineSpec
 
-    device = None if args.device == "auto" else args.device
+    checkpoint = os.path.abspath(args.checkpoint) if args.checkpoint else None
+    return EngineSpec(
+        model=model_name,
+        checkpoint=checkpoint,
+        device=None if args.device == "auto" else args.device,
+        config=config,
+        disk_cache=not args.no_cache,
+        cache_dir=os.path.abspath(args.cache) if args.cache is not None else None,
+        cache_max_bytes=cache_max_bytes(args),
+        torch_threads=torch_threads,
+    )
+
+
+def load_engine(args: argparse.Namespace, *, model_name: str, config: PerSAMConfig) -> PerSAM:
+    """Build the model and an engine with the caches the arguments ask for."""
+    from napari_persam.core.engine_builder import iter_build_engine
+    from napari_persam.core.models.errors import WeightsError
+    from napari_persam.core.progress import TerminalProgress, run
+
+    spec = engine_spec(args, model_name=model_name, config=config)
+    bar = TerminalProgress(disable=bool(getattr(args, "quiet", False)))
     try:
-        sam = run(iter_load_model(model_name, checkpoint=args.checkpoint, device=device))
+        return run(iter_build_engine(spec), on_progress=bar)
     except (ValueError, FileNotFoundError, WeightsError) as error:
         # Nothing has run yet: a missing or undownloadable checkpoint ends the command
         # like a bad argument, with the message saying where to put the file.
-        raise UsageError(str(error)) from error
-    sam_device = next(sam.parameters()).device
-    cache: Any = EmbeddingCache(config.cache_size)
-    folder = cache_folder(args)
-    if folder is not None:
-        try:
-            cache = DiskEmbeddingCache(
-                folder,
-                max_bytes=cache_max_bytes(args),
-                device=sam_device,
-                checkpoint_sha256=checkpoint_sha256,
-                memory=cache,
-            )
-        except ValueError as error:
-            raise UsageError(str(error)) from error
-    return PerSAM(sam, config=config, device=sam_device, cache=cache, model_name=model_name)
+        raise usage_error(error) from error
+    finally:
+        bar.close()
 
 
-def learn_concept(engine: PerSAM, pairs: list[tuple[str, str]], *, finetune: bool) -> Concept:
+def learn_concept(
+    engine: PerSAM,
+    pairs: list[tuple[str, str]],
+    *,
+    finetune: bool,
+    mask_threshold: float | None = None,
+) -> Concept:
     """Learn (and optionally fine-tune) a concept from reference files."""
-    from napari_persam.core.batch_io import read_image, read_mask
+    from napari_persam.core.io.images import read_image, read_mask
 
     loaded = []
     for image_path, mask_path in pairs:
         try:
-            loaded.append((read_image(image_path), read_mask(mask_path)))
-        except Exception as error:
-            raise UsageError(
-                f"Cannot read reference {image_path!r} / {mask_path!r}: {error}"
+            mask = read_mask(mask_path, threshold=mask_threshold)
+            loaded.append((read_image(image_path), mask.foreground))
+        except ValueError as error:
+            raise usage_error(
+                error, f"Cannot read reference {image_path!r} / {mask_path!r}: "
             ) from error
     try:
         concept = engine.learn(loaded)
         if finetune:
             concept = engine.finetune(concept)
     except ValueError as error:
-        raise UsageError(f"Cannot learn from the references: {error}") from error
+        raise usage_error(error, "Cannot learn from the references: ") from error
     return concept

@@ -7,9 +7,21 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1
-EXIT_BAD_ARGUMENTS = 2
+from napari_persam._cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    FLAGS,
+    UsageError,
+    add_mask_threshold_argument,
+    add_model_arguments,
+    build_config,
+    fail,
+    load_engine,
+    message,
+)
+from napari_persam.core.models.registry import DEFAULT_MODEL
+
+COMMAND = "evaluate"
 
 JSON_NAME = "evaluation.json"
 MARKDOWN_NAME = "evaluation.md"
@@ -46,21 +58,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="reference image name (file name or stem); repeat for k-shot "
         "(default: the first image in name order)",
     )
-    parser.add_argument("--model", default="vit_b", help="model registry name (default vit_b)")
-    parser.add_argument("--checkpoint", type=Path, help="SAM checkpoint file (.pth) for --model")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--finetune", action="store_true", help="PerSAM-F: fit the mask weights")
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="PerSAM-F steps (default 1000)",
+    )
     parser.add_argument(
         "--instances",
         choices=("auto", "yes", "no"),
         default="auto",
-        help="instance F1/AP: auto = when masks hold instance labels",
+        help="instance F1/AP: auto = when masks are label images; yes also reads every mask "
+        "as labels",
     )
-    parser.add_argument(
-        "--mask-threshold",
-        type=float,
-        help="binarise masks above this value (JPEG masks default to 127)",
-    )
+    add_mask_threshold_argument(parser)
     parser.add_argument(
         "--out",
         type=Path,
@@ -68,21 +81,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "not overwritten)",
     )
     parser.add_argument("--quiet", action="store_true", help="no per-image progress lines")
+    add_model_arguments(parser)
     parser.set_defaults(func=run_evaluate)
 
 
-def _error(message: str) -> int:
-    print(f"napari-persam evaluate: error: {message}", file=sys.stderr)
-    return EXIT_BAD_ARGUMENTS
+def _error(text: str) -> int:
+    return fail(COMMAND, text)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from napari_persam.core.evaluation import EvaluationOptions, evaluate_dataset, load_dataset
-    from napari_persam.core.models import get_spec
+    try:
+        return _evaluate(args)
+    except UsageError as error:
+        return _error(str(error))
 
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from napari_persam.core.evaluation.dataset import load_dataset
+    from napari_persam.core.evaluation.protocol import EvaluationOptions, evaluate_dataset
+    from napari_persam.core.models.registry import get_spec
+
+    model_name = args.model or DEFAULT_MODEL
     try:
         dataset = load_dataset(args.dataset)
-        get_spec(args.model)
+        get_spec(model_name)
         options = EvaluationOptions(
             references=tuple(args.reference),
             finetune=args.finetune,
@@ -92,7 +114,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for name in options.references:
             dataset.find(name)
     except ValueError as error:
-        return _error(str(error))
+        return _error(message(error))
     outputs = _output_paths(args.out)
     if isinstance(outputs, str):
         return _error(outputs)
@@ -102,18 +124,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         except OSError as error:
             return _error(f"cannot create --out folder {args.out}: {error}")
 
-    from napari_persam.core.models import iter_load_model
-    from napari_persam.core.persam import PerSAM
     from napari_persam.core.progress import run
-    from napari_persam.core.weights import WeightsError
 
-    try:
-        # As learn and segment: a checkpoint in the cache is found, a missing one
-        # downloaded and verified, or the message says where to put it.
-        sam = run(iter_load_model(args.model, checkpoint=args.checkpoint, device=args.device))
-        engine = PerSAM(sam, device=args.device, model_name=args.model)
-    except (ValueError, FileNotFoundError, WeightsError) as error:
-        return _error(str(error))
+    # As learn and segment: a checkpoint in the cache is found, a missing one downloaded
+    # and verified, or the message says where to put it; the disk cache is shared.
+    engine = load_engine(args, model_name=model_name, config=build_config(args))
 
     def show(step) -> None:
         if args.quiet:
@@ -133,9 +148,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         report = run(evaluate_dataset(engine, dataset, options=options), on_progress=show)
     except ValueError as error:
-        return _error(str(error))
+        return _error(message(error))
 
-    markdown = report.to_markdown()
+    markdown = report.to_markdown(spelling=FLAGS)
     print(markdown)
     if outputs is not None:
         json_path, markdown_path = outputs

@@ -10,6 +10,7 @@ from napari_persam._cli.common import (
     EXIT_OK,
     UsageError,
     add_finetune_arguments,
+    add_mask_threshold_argument,
     add_model_arguments,
     add_reference_arguments,
     build_config,
@@ -18,8 +19,7 @@ from napari_persam._cli.common import (
     load_engine,
     reference_pairs,
 )
-from napari_persam.core.models import DEFAULT_MODEL
-from napari_persam.core.progress import run
+from napari_persam.core.models.registry import DEFAULT_MODEL
 
 COMMAND = "learn"
 
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Label value the concept paints in segmentations (default 1).",
     )
     parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
+    add_mask_threshold_argument(parser)
     add_finetune_arguments(parser)
     add_model_arguments(parser)
     parser.set_defaults(func=main)
@@ -56,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from napari_persam.core.concept_io import save_concept
+    from napari_persam.core.io.concept_file import save_concept
 
     pairs = reference_pairs(args)
     if not pairs:
@@ -68,19 +69,17 @@ def _learn(args: argparse.Namespace) -> int:
         raise UsageError(f"--label-value must be in 1..65535, got {args.label_value}.")
     model_name = args.model or DEFAULT_MODEL
     config = build_config(args)
-    # The cache is keyed by the model fingerprint alone, as in `segment`, so both share
-    # entries; the checkpoint hash is recorded in the concept file. The model is
-    # loaded first: a missing or wrong checkpoint ends here with its message.
+    # The model is loaded first: a missing or wrong checkpoint ends here with its
+    # message. Its checkpoint hash is recorded in the concept file.
     engine = load_engine(args, model_name=model_name, config=config)
-    from napari_persam.core.weights import iter_model_sha256
-
-    checkpoint_sha256 = run(iter_model_sha256(model_name, args.checkpoint))
-    concept = learn_concept(engine, pairs, finetune=args.finetune)
+    concept = learn_concept(
+        engine, pairs, finetune=args.finetune, mask_threshold=args.mask_threshold
+    )
     written = save_concept(
         concept,
         out,
         config=config,
-        checkpoint_sha256=checkpoint_sha256,
+        checkpoint_sha256=engine.checkpoint_sha256,
         label_value=args.label_value,
     )
     kind = "PerSAM-F" if concept.is_finetuned else "PerSAM"

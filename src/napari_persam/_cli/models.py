@@ -16,11 +16,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_persam.cli import EXIT_BAD_ARGUMENTS, EXIT_OK, EXIT_SOME_FAILED
-from napari_persam.core import weights
-from napari_persam.core.models import MODEL_REGISTRY, ModelSpec
-from napari_persam.core.progress import run
-from napari_persam.core.terminal_progress import TerminalProgress
+from napari_persam._cli.common import EXIT_BAD_ARGUMENTS, EXIT_OK, EXIT_SOME_FAILED
+from napari_persam.core.models import checkpoints as weights
+from napari_persam.core.models.errors import ChecksumError, WeightsError
+from napari_persam.core.models.registry import MODEL_REGISTRY, ModelSpec
+from napari_persam.core.paths import CACHE_ENV, checkpoints_dir
+from napari_persam.core.progress import TerminalProgress, run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,14 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "models",
         help="List, download and verify SAM checkpoints.",
         description="List, download and verify the SAM checkpoints napari-persam uses. "
-        f"Files go to one cache folder (${weights.CACHE_ENV} moves it); a file put there "
+        f"Files go to one cache folder (${CACHE_ENV} moves it); a file put there "
         "by hand under its published name is found and verified.",
     )
     parser.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
-        help=f"checkpoint folder (default: ${weights.CACHE_ENV}, else the user cache folder)",
+        help=f"checkpoint folder (default: ${CACHE_ENV}, else the user cache folder)",
     )
     actions = parser.add_subparsers(dest="models_action", metavar="ACTION")
     actions.add_parser("list", help="models with size, whether cached, and file path")
@@ -88,7 +89,7 @@ def _specs(names: list[str]) -> list[ModelSpec] | None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    folder = weights.cache_folder(args.cache_dir)
+    folder = checkpoints_dir(args.cache_dir)
     print(f"Checkpoint folder: {folder}")
     rows = [("NAME", "SIZE", "STATUS", "FILE")]
     for spec in MODEL_REGISTRY.values():
@@ -123,7 +124,7 @@ def _download(args: argparse.Namespace) -> int:
                 weights.iter_ensure_checkpoint(spec, cache_dir=args.cache_dir, url=args.url),
                 on_progress=bar,
             )
-        except weights.WeightsError as error:
+        except WeightsError as error:
             bar.close()
             print(f"{spec.name}: FAILED\n  {error}", file=sys.stderr)
             failed.append(spec.name)
@@ -150,7 +151,7 @@ def _verify(args: argparse.Namespace) -> int:
             if weights.cache_status(spec, cache_dir=args.cache_dir) != weights.MISSING
         ]
         if not specs:
-            print(f"No checkpoints in {weights.cache_folder(args.cache_dir)}.")
+            print(f"No checkpoints in {checkpoints_dir(args.cache_dir)}.")
             return EXIT_OK
     failed = []
     for spec in specs:
@@ -162,7 +163,7 @@ def _verify(args: argparse.Namespace) -> int:
         bar = TerminalProgress(sys.stderr)
         try:
             run(weights.iter_verify(spec, path, recheck=True), on_progress=bar)
-        except weights.ChecksumError as error:
+        except ChecksumError as error:
             bar.close()
             print(
                 f"{spec.name}: FAILED\n  {error}\n  Replace it with: "

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
 import time
@@ -13,19 +11,22 @@ from typing import Any
 from napari_persam._cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
+    FLAGS,
     UsageError,
     add_finetune_arguments,
+    add_mask_threshold_argument,
     add_model_arguments,
     add_reference_arguments,
     build_config,
-    cache_folder,
-    cache_max_bytes,
+    engine_spec,
     fail,
     learn_concept,
     load_engine,
+    message,
     reference_pairs,
+    usage_error,
 )
-from napari_persam.core.models import DEFAULT_MODEL
+from napari_persam.core.models.registry import DEFAULT_MODEL
 
 COMMAND = "segment"
 STACK_MODES = ("independent", "propagate")
@@ -80,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="With --stack-mode propagate: the slice to start from, where the object looks "
         "most like the reference (default: the middle slice).",
     )
+    add_mask_threshold_argument(parser)
     add_finetune_arguments(parser)
     add_model_arguments(parser)
     cluster = parser.add_mutually_exclusive_group()
@@ -139,22 +141,22 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _segment(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_persam.core.batch import (
+    from napari_persam.core.batch.plan import (
         SegmentOptions,
-        iter_run_local,
         output_dtype,
         plan_items,
         prepare_outputs,
-        write_report,
     )
-    from napari_persam.core.batch_io import TargetError, resolve_targets
-    from napari_persam.core.concept_io import concepts_to_bytes, read_concept_file
+    from napari_persam.core.batch.report import write_report
+    from napari_persam.core.batch.run import iter_run_local
+    from napari_persam.core.io.concept_file import concepts_to_bytes, read_concept_file
+    from napari_persam.core.io.targets import TargetError, resolve_targets
 
     _check_arguments(args)
     try:
         targets = resolve_targets(args.targets)
     except TargetError as error:
-        raise UsageError(str(error)) from error
+        raise usage_error(error, "--targets ") from error
     options = SegmentOptions(
         instances=args.instances,
         propagate=args.stack_mode == "propagate",
@@ -166,7 +168,7 @@ def _segment(args: argparse.Namespace) -> int:
         try:
             concept_file = read_concept_file(args.concept)
         except (OSError, ValueError) as error:
-            raise UsageError(str(error)) from error
+            raise usage_error(error) from error
         model_name = args.model or concept_file.model_name or DEFAULT_MODEL
         config = build_config(args, concept_file.config)
         concepts = dict(concept_file.concepts)
@@ -181,14 +183,12 @@ def _segment(args: argparse.Namespace) -> int:
         config = build_config(args)
         concepts = {}
     label_value = args.label_value or 1
-    if options.instances and len(concepts) > 1:
-        raise UsageError("--instances takes a concept file of one concept.")
 
     dtype = output_dtype(list(concepts) or [label_value], options)
     try:
         items, failures = plan_items(targets, args.out, options=options)
     except ValueError as error:
-        raise UsageError(str(error)) from error
+        raise usage_error(error) from error
 
     run_info: dict[str, Any] = {
         "model": model_name,
@@ -208,13 +208,20 @@ def _segment(args: argparse.Namespace) -> int:
         engine = load_engine(args, model_name=model_name, config=config)
     if pairs:
         assert engine is not None
-        concepts = {label_value: learn_concept(engine, pairs, finetune=args.finetune)}
+        concepts = {
+            label_value: learn_concept(
+                engine, pairs, finetune=args.finetune, mask_threshold=args.mask_threshold
+            )
+        }
     if concept_file is not None and engine is not None:
         _check_model(concept_file, model_name, engine.fingerprint, args.concept)
 
     if not distributed:
         assert engine is not None
-        items, blocked = prepare_outputs(items, args.out, dtype=dtype)
+        try:
+            items, blocked = prepare_outputs(items, args.out, dtype=dtype)
+        except ValueError as error:
+            raise usage_error(error) from error
         progress = _progress_bar(len(items), quiet=args.quiet)
         try:
             work = iter_run_local(engine, concepts, items, options=options, dtype=np.dtype(dtype))
@@ -227,7 +234,7 @@ def _segment(args: argparse.Namespace) -> int:
             args, model_name, config, concept_bytes, concept_file, items, options, dtype
         )
 
-    records = failures + blocked + records
+    records = [_in_our_words(record) for record in failures + blocked + records]
     run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report = write_report(args.out, records, run=run_info)
     return _summarize(records, report)
@@ -239,7 +246,22 @@ def _check_model(concept_file: Any, model_name: str, fingerprint: str, source: s
             model_name=model_name, model_fingerprint=fingerprint, source=f"Concept file {source!r}"
         )
     except ValueError as error:
-        raise UsageError(str(error)) from error
+        hint = (
+            f" Here: --model {concept_file.model_name} (and its --checkpoint)."
+            if concept_file.model_name
+            else ""
+        )
+        raise UsageError(message(error) + hint) from error
+
+
+def _in_our_words(record: dict[str, Any]) -> dict[str, Any]:
+    """A failure record with the core's option names replaced by this command's flags."""
+    template = record.pop("error_template", None)
+    if template is not None:
+        from napari_persam.core.errors import InputError
+
+        record["error"] = InputError(template).render(FLAGS)
+    return record
 
 
 def _run_distributed(
@@ -253,17 +275,13 @@ def _run_distributed(
     dtype: Any,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Check the model on a worker, then run; returns (blocked outputs, item records)."""
-    from napari_persam.core.batch import prepare_outputs
-    from napari_persam.core.distributed import DaskRunner, ModelRequest
+    from napari_persam.core.batch.cluster import DaskRunner
+    from napari_persam.core.batch.plan import prepare_outputs
 
-    folder = cache_folder(args)
-    request = ModelRequest(
-        name=model_name,
-        checkpoint=os.path.abspath(args.checkpoint) if args.checkpoint else None,
-        device=None if args.device == "auto" else args.device,
-        config_json=json.dumps(dataclasses.asdict(config)),
-        cache_dir=os.path.abspath(folder) if folder is not None else None,
-        cache_max_bytes=cache_max_bytes(args),
+    spec = engine_spec(
+        args,
+        model_name=model_name,
+        config=config,
         # Same thread count as a single-process run here: sums then add up in the same order
         # and the files are bit for bit the same (Dask itself starts workers with 1 thread).
         torch_threads=args.worker_threads or _torch_threads(),
@@ -272,18 +290,18 @@ def _run_distributed(
         runner = DaskRunner(workers=args.workers, scheduler=args.scheduler)
         runner.__enter__()
     except ValueError as error:
-        raise UsageError(str(error)) from error
+        raise usage_error(error) from error
     try:
         try:
-            name, fingerprint = runner.model_identity(request)
+            name, fingerprint = runner.model_identity(spec)
         except (ValueError, FileNotFoundError) as error:
-            raise UsageError(f"The workers cannot load the model: {error}") from error
+            raise usage_error(error, "The workers cannot load the model: ") from error
         if concept_file is not None:
             _check_model(concept_file, name, fingerprint, args.concept)
         items, blocked = prepare_outputs(items, args.out, dtype=dtype)
         progress = _progress_bar(len(items), quiet=args.quiet)
         try:
-            work = runner.iter_run(request, concept_bytes, items, options=options, dtype=dtype)
+            work = runner.iter_run(spec, concept_bytes, items, options=options, dtype=dtype)
             return blocked, _drain(work, progress)
         finally:
             progress.close()

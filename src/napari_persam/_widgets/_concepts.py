@@ -2,7 +2,7 @@
 
 A Run's concept is handed from the worker to the main thread as a
 :class:`LearnedConcept` in a yielded :class:`ConceptReady` step, so the widget can export it
-with :mod:`napari_persam.core.concept_io` (the file format ``napari-persam learn``
+with :mod:`napari_persam.core.io.concept_file` (the file format ``napari-persam learn``
 and ``napari-persam segment --concept`` use). torch is imported only when a
 function here runs, never when the widget opens.
 """
@@ -10,7 +10,6 @@ function here runs, never when the widget opens.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +18,8 @@ from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_persam.core.concept import ClassConcepts, Concept
-    from napari_persam.core.concept_io import ConceptFile
+    from napari_persam.core.engine.concepts import ClassConcepts, Concept
+    from napari_persam.core.io.concept_file import ConceptFile
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class LearnedConcept:
         Returns the path written. The write is atomic: an interrupted save leaves
         an older file at ``path`` intact.
         """
-        from napari_persam.core.concept_io import save_concepts
+        from napari_persam.core.io.concept_file import save_concepts
 
         return save_concepts(
             self.concepts, path, config=self.config, checkpoint_sha256=self.checkpoint_sha256
@@ -89,15 +88,6 @@ def learned_concept(
     return LearnedConcept(concepts, model_name, checkpoint_sha256, config)
 
 
-def engine_concept(concepts: Mapping[int, Concept]) -> Concept | ClassConcepts:
-    """What the engine segments with: the Concept itself for one value, else ClassConcepts."""
-    if len(concepts) == 1:
-        return next(iter(concepts.values()))
-    from napari_persam.core.concept import ClassConcepts
-
-    return ClassConcepts(dict(concepts))
-
-
 def read_concept(path: str | os.PathLike) -> ConceptFile:
     """A concept file's content; a ValueError saying what is wrong otherwise.
 
@@ -107,7 +97,7 @@ def read_concept(path: str | os.PathLike) -> ConceptFile:
     from napari_persam._widgets._imports import import_engine
 
     import_engine()
-    from napari_persam.core.concept_io import read_concept_file
+    from napari_persam.core.io.concept_file import read_concept_file
 
     try:
         return read_concept_file(path)

@@ -14,7 +14,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, PushButton, Table, create_widget
 
 from napari_persam._widgets._slice_plot import SliceScorePlot
-from napari_persam.core.stack_evaluation import StackComparison, iter_compare_stacks
+from napari_persam.core.evaluation.compare import StackComparison, iter_compare_stacks
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari

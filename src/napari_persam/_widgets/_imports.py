@@ -15,20 +15,20 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_persam.core.persam import PerSAM
+    from napari_persam.core.engine.persam import PerSAM
 
 
 def import_engine() -> type[PerSAM]:
-    """The :class:`~napari_persam.core.persam.PerSAM` class, imported safely."""
+    """The :class:`~napari_persam.core.engine.persam.PerSAM` class, imported safely."""
     if "triton" in sys.modules or not foreign_llvm_loaded():
-        from napari_persam.core.persam import PerSAM
+        from napari_persam.core.engine.persam import PerSAM
 
         return PerSAM
     # None in sys.modules makes ``import triton`` raise ImportError, which torch
     # handles as "triton not installed".
     sys.modules["triton"] = None  # type: ignore[assignment]
     try:
-        from napari_persam.core.persam import PerSAM
+        from napari_persam.core.engine.persam import PerSAM
     finally:
         if sys.modules.get("triton", ...) is None:
             del sys.modules["triton"]

@@ -12,49 +12,25 @@ or listing the plugin never loads them.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_persam._widgets._models import LoadedModels, ModelChoice
 from napari_persam.core.config import PerSAMConfig
+from napari_persam.core.engine.results import (
+    Instances,
+    Result,
+    best_similarity,
+    label_image,
+    object_count,
+)
 from napari_persam.core.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-    from segment_anything.modeling import Sam
-
-    from napari_persam.core.concept_io import ConceptFile
-    from napari_persam.core.disk_cache import DiskEmbeddingCache
-    from napari_persam.core.embeddings import EmbeddingCache
-
-#: ``factory(name, *, checkpoint, device)`` -> generator yielding Progress and
-#: returning a ``Sam``; :func:`napari_persam.core.models.iter_load_model` is the default
-#: (it downloads the published checkpoint when ``checkpoint`` is None). Steps with
-#: ``total`` above 1 count bytes (download, hashing) and go to the progress bar.
-ModelFactory = Callable[..., Generator[Progress, None, "Sam"]]
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """Which model to run, where.
-
-    Attributes
-    ----------
-    name : str
-        Registry key (``"vit_b"``, ..., ``"tiny"``).
-    checkpoint : Path or None
-        Weights file; ``None`` for models that need none.
-    device : str
-        ``"auto"`` or a torch device name (``"cpu"``, ``"cuda:0"``, ``"mps"``).
-    """
-
-    name: str
-    checkpoint: Path | None
-    device: str
+    from napari_persam.core.io.concept_file import ConceptFile
 
 
 @dataclass(frozen=True)
@@ -117,8 +93,8 @@ class Job:
         How to name the concept file in messages (its path).
     cache_on_disk : bool
         Also keep embeddings in the default disk cache folder
-        (:func:`napari_persam.core.disk_cache.default_cache_dir`, the command
-        line's default), so they are shared with it and with later sessions.
+        (:func:`napari_persam.core.paths.embeddings_dir`, the command line's
+        default), so they are shared with it and with later sessions.
     """
 
     model: ModelChoice
@@ -157,157 +133,17 @@ class SliceResult:
     objects: int
 
 
-def slice_result(result: Any, *, values: Sequence[int]) -> SliceResult:
-    """A core result (Segmentation, LabelSegmentation or Instances) as a SliceResult.
-
-    ``values``: the learned label values; a one-concept Segmentation's mask is
-    written with ``values[0]``.
-    """
-    if hasattr(result, "ids"):  # Instances
-        labels = np.asarray(result.labels, dtype=np.int32)
-        classes = result.class_map().astype(np.int32) if len(values) > 1 else None
-        similarity, objects = result.similarity, len(result.ids)
-    elif hasattr(result, "values"):  # LabelSegmentation (several classes)
-        labels, classes = np.asarray(result.labels, dtype=np.int32), None
-        similarity = np.max(result.similarity, axis=0)
-        objects = len(set(np.unique(labels).tolist()) - {0})
-    else:  # Segmentation (one concept)
-        labels = np.where(result.mask, int(values[0]), 0).astype(np.int32)
-        classes, similarity, objects = None, result.similarity, int(result.found)
-    return SliceResult(labels, np.asarray(similarity, dtype=np.float32), classes, objects)
-
-
-class LoadedModel:
-    """One loaded model with its embedding caches, created once and kept with it.
-
-    Attributes
-    ----------
-    sam : Sam
-    checkpoint_sha256 : str or None
-        SHA-256 of its checkpoint file: the registry's (verified on download) for
-        published weights, computed once for the user's own file, ``None`` for
-        models without one.
-    memory : EmbeddingCache
-        Embeddings of this widget session.
-    """
-
-    def __init__(self, sam: Sam, *, checkpoint_sha256: str | None, cache_size: int) -> None:
-        from napari_persam.core.embeddings import EmbeddingCache
-
-        self.sam = sam
-        self.checkpoint_sha256 = checkpoint_sha256
-        self.memory = EmbeddingCache(cache_size)
-        self._disk: dict[Path, DiskEmbeddingCache] = {}
-
-    def cache(
-        self, folder: Path | None, *, device: torch.device
-    ) -> EmbeddingCache | DiskEmbeddingCache:
-        """The memory cache, or the disk cache in ``folder`` with the memory one in front.
-
-        The disk cache is made once per folder (``device``: where embeddings read
-        from disk go, the engine's), so its hit and write counts describe this
-        model's whole session.
-        """
-        if folder is None:
-            return self.memory
-        if folder not in self._disk:
-            from napari_persam.core.disk_cache import DiskEmbeddingCache
-
-            try:
-                # No checkpoint hash in the signature, as in the command line: the model
-                # fingerprint already names the weights, and both then share entries.
-                self._disk[folder] = DiskEmbeddingCache(folder, device=device, memory=self.memory)
-            except ValueError as error:
-                raise ValueError(f"{error} Or untick 'cache embeddings on disk'.") from error
-        return self._disk[folder]
-
-    @property
-    def disk_caches(self) -> dict[Path, DiskEmbeddingCache]:
-        """The disk caches made so far, by folder (their counters are for tests and scripts)."""
-        return dict(self._disk)
-
-
-class LoadedModels:
-    """The model loaded by one widget, kept while the widget lives.
-
-    A model is loaded once per (name, checkpoint, device), so switching images or
-    options does not reload it, and it keeps its embedding caches, so a rerun with
-    other options does not encode the same images again. Only the latest model is
-    kept: ViT-H alone takes 2.5 GB, and a user trying models one after the other
-    should not run out of (GPU) memory.
-
-    Parameters
-    ----------
-    factory : callable, optional
-        ``factory(name, *, checkpoint, device)`` returning a generator that yields
-        :class:`Progress` and returns a ``Sam``. ``None`` uses
-        :func:`napari_persam.core.models.iter_load_model`. This is the hook for tests
-        and for users with their own SAM variant.
-    """
-
-    def __init__(self, factory: ModelFactory | None = None) -> None:
-        self.factory = factory
-        self._loaded: dict[tuple[str, str, str], LoadedModel] = {}
-
-    def __len__(self) -> int:
-        return len(self._loaded)
-
-    @property
-    def current(self) -> LoadedModel | None:
-        """The model loaded last, or ``None`` before the first Run."""
-        return next(iter(self._loaded.values()), None)
-
-    def load(
-        self, choice: ModelChoice, *, cache_size: int
-    ) -> Generator[Progress, None, LoadedModel]:
-        """The model of ``choice`` with its caches, loading it if needed."""
-        key = (choice.name, os.fspath(choice.checkpoint or ""), choice.device)
-        if key not in self._loaded:
-            from napari_persam.core.models import iter_load_model
-
-            factory = self.factory if self.factory is not None else iter_load_model
-            device = None if choice.device == "auto" else choice.device
-            self._loaded.clear()  # free the previous model before building the next
-            loading = factory(choice.name, checkpoint=choice.checkpoint, device=device)
-            sam = yield from _with_sizes(loading)
-            sha256 = yield from _checkpoint_sha256(choice, published=self.factory is None)
-            self._loaded[key] = LoadedModel(sam, checkpoint_sha256=sha256, cache_size=cache_size)
-        return self._loaded[key]
-
-
-def _checkpoint_sha256(
-    choice: ModelChoice, *, published: bool
-) -> Generator[Progress, None, str | None]:
-    """The checkpoint's SHA-256, recorded in exported concept files.
-
-    ``published``: the default loader ran, so a model without a checkpoint file has
-    the registry's verified weights (another factory may have built anything).
-    """
-    if choice.checkpoint is None and not published:
-        return None
-    from napari_persam.core.weights import iter_model_sha256
-
-    return (yield from iter_model_sha256(choice.name, choice.checkpoint))
-
-
-def _with_sizes(loading: Generator[Progress, None, Sam]) -> Generator[Progress, None, Sam]:
-    """The factory's steps, with megabytes in the message of byte-counting ones.
-
-    A factory's step with ``total`` above 1 counts bytes (a download or a hash);
-    ``done``/``total`` stay bytes, for the progress bar.
-    """
-    try:
-        while True:
-            try:
-                step = next(loading)
-            except StopIteration as stop:
-                return stop.value
-            if step.total > 1:
-                sizes = f"{step.done / 1e6:,.1f} of {step.total / 1e6:,.1f} MB"
-                step = Progress(step.done, step.total, f"{step.message} ({sizes})")
-            yield step
-    finally:
-        loading.close()  # Cancel during a download stops it and removes the partial file
+def slice_result(result: Result, *, values: Sequence[int]) -> SliceResult:
+    """A core result as a SliceResult; a one-concept Segmentation is painted with ``values[0]``."""
+    classes = None
+    if isinstance(result, Instances) and len(values) > 1:
+        classes = result.class_map().astype(np.int32)
+    return SliceResult(
+        labels=label_image(result, value=int(values[0])),
+        similarity=best_similarity(result),
+        classes=classes,
+        objects=object_count(result),
+    )
 
 
 class RunError(Exception):
@@ -353,24 +189,28 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     int
         How many targets were segmented.
     """
-    from napari_persam._widgets._concepts import ConceptReady, engine_concept, learned_concept
+    from napari_persam._widgets._concepts import ConceptReady, learned_concept
     from napari_persam._widgets._imports import import_engine
+    from napari_persam.core.engine.concepts import combine_concepts
 
     total = len(job.targets)
     yield Progress(0, total, "loading PyTorch and segment-anything")
-    PerSAM = import_engine()  # before the model: building SAM imports segment_anything
-    yield Progress(0, total, f"loading model {job.model.name}")
-    model = yield from models.load(job.model, cache_size=job.config.cache_size)
-    from napari_persam.core.devices import resolve_device
+    import_engine()  # before the model: building SAM imports segment_anything
+    from napari_persam.core.engine_builder import EngineSpec
 
-    device = resolve_device(None if job.model.device == "auto" else job.model.device)
-    engine = PerSAM(
-        model.sam,
+    spec = EngineSpec(
+        model=job.model.name,
+        checkpoint=None if job.model.checkpoint is None else str(job.model.checkpoint),
+        device=job.model.device,
         config=job.config,
-        device=device,
-        cache=model.cache(_cache_folder(job), device=device),
-        model_name=job.model.name,
+        disk_cache=job.cache_on_disk,
     )
+    yield Progress(0, total, f"loading model {job.model.name}")
+    model = yield from models.load(spec, job.model)
+    try:
+        engine = model.engine(spec)
+    except ValueError as error:  # the disk cache folder cannot be used
+        raise ValueError(f"{error} Or untick 'cache embeddings on disk'.") from error
     if job.concept_file is not None:
         try:
             job.concept_file.check_model(
@@ -384,7 +224,7 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
                 f"{error} In the widget: choose that model in 'model', or clear 'concept "
                 "file' to learn from the reference layer."
             ) from error
-        concept = engine_concept(job.concept_file.concepts)
+        concept = combine_concepts(job.concept_file.concepts)
     else:
         classes = f"{len(job.values)} label values" if len(job.values) > 1 else "the object"
         yield Progress(0, total, f"learning {classes} from {len(job.shots)} reference(s)")
@@ -413,14 +253,6 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
                 result=slice_result(result, values=job.values),
             )
     return done
-
-
-def _cache_folder(job: Job) -> Path | None:
-    if not job.cache_on_disk:
-        return None
-    from napari_persam.core.disk_cache import default_cache_dir
-
-    return default_cache_dir()
 
 
 def learn(engine: Any, job: Job) -> Any:

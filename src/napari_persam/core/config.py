@@ -1,8 +1,17 @@
-"""Options of the PerSAM engine as one frozen dataclass (no torch import here)."""
+"""Options of the PerSAM engine as one frozen dataclass, and its one JSON form.
+
+No torch import here. :func:`config_to_dict` and :func:`config_from_dict` are the
+only translation between :class:`PerSAMConfig` and JSON: concept files, batch
+reports and Dask workers all use them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 ENCODER_DTYPES = ("float32", "bfloat16")
 STACK_MODES = ("propagate", "independent")
@@ -137,3 +146,65 @@ class PerSAMConfig:
             raise ValueError(f"propagation_margin must be >= 0, got {self.propagation_margin}.")
         if self.cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {self.cache_size}.")
+
+
+# ------------------------------------------------------------------------ JSON form
+def config_to_dict(config: PerSAMConfig) -> dict[str, Any]:
+    """The options as plain JSON values (tuples become lists)."""
+    values = dataclasses.asdict(config)
+    return {
+        key: list(value) if isinstance(value, tuple) else value for key, value in values.items()
+    }
+
+
+def config_from_dict(values: Mapping[str, Any], *, ignore_unknown: bool = True) -> PerSAMConfig:
+    """A :class:`PerSAMConfig` from :func:`config_to_dict`'s output, every value type-checked.
+
+    Parameters
+    ----------
+    values : mapping
+        Field names to JSON values; missing fields keep their defaults.
+    ignore_unknown : bool
+        Skip fields this version does not know (written by a newer version);
+        ``False`` refuses them.
+
+    Raises
+    ------
+    ValueError
+        For a value of the wrong type or out of range, naming the field.
+    """
+    if not isinstance(values, Mapping):
+        raise ValueError(f"the options must be a JSON object, not {type(values).__name__}")
+    fields = {field.name: field for field in dataclasses.fields(PerSAMConfig)}
+    unknown = sorted(str(key) for key in values if key not in fields)
+    if unknown and not ignore_unknown:
+        raise ValueError(f"unknown option(s) {unknown}")
+    options = {}
+    for name, value in values.items():
+        if name in fields:
+            options[name] = _checked_value(name, str(fields[name].type), value)
+    try:
+        return PerSAMConfig(**options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"bad options: {error}") from error
+
+
+def _checked_value(name: str, annotation: str, value: Any) -> Any:
+    """``value`` if it fits the field's annotation (as written in the class), else ValueError."""
+    kinds = {part.strip() for part in annotation.split("|")}
+    if value is None:
+        if "None" in kinds:
+            return None
+    elif isinstance(value, bool):
+        if "bool" in kinds:
+            return value
+    elif isinstance(value, int) and ("int" in kinds or "float" in kinds):
+        return value if "int" in kinds else float(value)
+    elif isinstance(value, float) and "float" in kinds and math.isfinite(value):
+        return value
+    elif isinstance(value, str) and "str" in kinds:
+        return value
+    elif isinstance(value, (list, tuple)) and any(kind.startswith("tuple") for kind in kinds):
+        if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+            return tuple(value)
+    raise ValueError(f"option {name!r} must be {annotation}, not {value!r}")

@@ -1,0 +1,1 @@
+"""Batch runs: plan one task per image or slice, run them here or on Dask, report."""

@@ -1,0 +1,152 @@
+"""Image encoder calls and the in-memory embedding cache.
+
+Encoding is by far the most expensive step (seconds per image for ViT-B on a CPU),
+so every image is encoded once per model: learning and segmenting the same image,
+or re-running with other options, reuse the cached features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from napari_persam.core.engine.geometry import SamGeometry
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """An encoded image.
+
+    Attributes
+    ----------
+    features : (1, C, gh, gw) float32 tensor
+        SAM's image embedding, on the engine's device.
+    geometry : SamGeometry
+        How the image maps onto the feature grid.
+    """
+
+    features: torch.Tensor
+    geometry: SamGeometry
+
+
+def image_digest(rgb: np.ndarray) -> str:
+    """Content hash of a prepared (H, W, 3) uint8 image, shape included."""
+    hasher = hashlib.blake2b(digest_size=20)
+    hasher.update(repr((rgb.shape, str(rgb.dtype))).encode())
+    hasher.update(np.ascontiguousarray(rgb).data)
+    return hasher.hexdigest()
+
+
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """A cheap identity of a model's architecture and weights.
+
+    Hashes every parameter's name, shape and dtype, and a strided sample of its
+    values: different checkpoints or random seeds differ in the sample, while a
+    full hash of ViT-H (2.5 GB) would cost seconds on every engine start.
+    """
+    hasher = hashlib.blake2b(digest_size=16)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            hasher.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            flat = tensor.detach().reshape(-1)
+            if flat.numel():
+                step = max(1, flat.numel() // 64)
+                sample = flat[::step][:64].float().cpu().numpy()
+                hasher.update(sample.tobytes())
+    return hasher.hexdigest()
+
+
+class EmbeddingCache:
+    """Least-recently-used cache of :class:`ImageEmbedding` keyed by content and model.
+
+    Thread-safe, because the napari widget encodes in a worker thread while the
+    user may start another run.
+    """
+
+    def __init__(self, max_items: int = 16) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[tuple, ImageEmbedding] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> ImageEmbedding | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item
+
+    def put(self, key: tuple, value: ImageEmbedding) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def encode_image(
+    sam: torch.nn.Module,
+    rgb: np.ndarray,
+    *,
+    device: torch.device,
+    encoder_dtype: str = "float32",
+) -> ImageEmbedding:
+    """Run SAM's image encoder on one prepared image.
+
+    Parameters
+    ----------
+    sam : segment_anything.modeling.Sam
+        Any SAM; its ``image_encoder.img_size`` sets the geometry.
+    rgb : (H, W, 3) uint8
+        From :func:`napari_persam.core.engine.images.prepare_image`.
+    device : torch.device
+        Where the encoder runs (the model must already be there).
+    encoder_dtype : {"float32", "bfloat16"}
+        bfloat16 runs the encoder under autocast; features come back as float32.
+    """
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    geometry = geometry_for(sam, rgb.shape)  # checks the size before paying for encoding
+    img_size = geometry.img_size
+    # SAM's own resize (PIL bilinear on uint8) so features match SamPredictor's.
+    resized = ResizeLongestSide(img_size).apply_image(rgb)
+    pixels = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
+    with torch.inference_mode():
+        batch = sam.preprocess(pixels.float())  # normalise, pad bottom/right to img_size
+        if encoder_dtype == "bfloat16":
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                features = sam.image_encoder(batch)
+        else:
+            features = sam.image_encoder(batch)
+    features = features.float()
+    if tuple(features.shape[-2:]) != geometry.grid_hw:
+        raise ValueError(
+            f"The image encoder returned a {tuple(features.shape[-2:])} feature grid but the "
+            f"prompt encoder expects {geometry.grid_hw}; the model's parts do not fit together."
+        )
+    return ImageEmbedding(features=features, geometry=geometry)
+
+
+def geometry_for(sam: torch.nn.Module, image_shape: tuple[int, ...]) -> SamGeometry:
+    """SAM's geometry for an image of ``image_shape`` ((H, W) or (H, W, C))."""
+    return SamGeometry(
+        original_hw=(int(image_shape[0]), int(image_shape[1])),
+        img_size=int(sam.image_encoder.img_size),
+        grid_hw=tuple(int(v) for v in sam.prompt_encoder.image_embedding_size),
+    )

@@ -1,0 +1,434 @@
+"""The PerSAM engine: learn a concept from (image, mask), segment it in other images.
+
+Steps (Zhang et al. 2023, with the official code's known bugs fixed):
+
+1. encode each image once (cached by content and model);
+2. reference mask -> feature-cell coverage in SAM's resize-and-pad geometry;
+3. target embedding = mean foreground feature; similarity = cosine to every cell,
+   mapped back to image pixels through the inverse geometry;
+4. positive point at the similarity maximum, negative at the minimum;
+5. target-guided attention and 6. target-semantic prompt in the first decoding;
+7. cascaded refinement with the mask logits, then also the mask's box;
+8. PerSAM-F mixes SAM's three masks with learned weights;
+9. small connected components are removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_persam.core.config import PerSAMConfig
+from napari_persam.core.devices import resolve_device, supports_bfloat16
+from napari_persam.core.engine.concepts import ClassConcepts, Concept, Shot, check_concept
+from napari_persam.core.engine.embeddings import (
+    EmbeddingCache,
+    ImageEmbedding,
+    encode_image,
+    image_digest,
+    model_fingerprint,
+)
+from napari_persam.core.engine.finetune import fit_mask_weights
+from napari_persam.core.engine.images import prepare_image, prepare_mask
+from napari_persam.core.engine.instances import find_instances, merge_class_instances
+from napari_persam.core.engine.prompting import Prompter, cosine_similarity_grid
+from napari_persam.core.engine.results import (
+    Instances,
+    LabelSegmentation,
+    Segmentation,
+    merge_class_segmentations,
+)
+from napari_persam.core.engine.stacks import iter_segment_stack
+from napari_persam.core.progress import Progress, ProgressGenerator
+
+
+class PerSAM:
+    """Personalized SAM: one painted example in, the same kind of object out.
+
+    Parameters
+    ----------
+    sam : segment_anything.modeling.Sam
+        Any SAM (ViT-B/L/H, MobileSAM, or a small random one for tests). It is
+        moved to ``device`` and set to eval mode, and otherwise left untouched: it
+        still answers ordinary prompts exactly as before.
+    config : PerSAMConfig, optional
+        What the engine does; defaults to ``PerSAMConfig()``.
+    device : str or torch.device, optional
+        ``None`` picks CUDA, then Apple MPS, then CPU.
+    cache : EmbeddingCache, optional
+        Share one cache between engines of the same model; by default each engine
+        has its own of ``config.cache_size`` images.
+    model_name : str, optional
+        Registry name of the model (``"vit_b"``...), recorded in learned concepts.
+    checkpoint_sha256 : str, optional
+        SHA-256 of the model's checkpoint file, when known (recorded in concept files).
+
+    Examples
+    --------
+    >>> engine = PerSAM(sam)                       # doctest: +SKIP
+    >>> concept = engine.learn(image, mask)        # doctest: +SKIP
+    >>> seg = engine.segment(other, concept)       # doctest: +SKIP
+    >>> seg.mask.shape == other.shape[:2]          # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        sam: torch.nn.Module,
+        *,
+        config: PerSAMConfig | None = None,
+        device: str | torch.device | None = None,
+        cache: EmbeddingCache | None = None,
+        model_name: str = "",
+        checkpoint_sha256: str | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.config = config if config is not None else PerSAMConfig()
+        self.device = resolve_device(device)
+        if self.config.encoder_dtype == "bfloat16" and not supports_bfloat16(self.device):
+            raise ValueError(
+                f"encoder_dtype='bfloat16' is not supported natively on {self.device} (it would "
+                "be emulated and run many times slower); use encoder_dtype='float32'."
+            )
+        first = next(sam.parameters(), None)
+        if first is not None and first.device != self.device:
+            sam.to(self.device)
+        sam.eval()
+        self.sam = sam
+        self.fingerprint = model_fingerprint(sam)
+        self.cache = cache if cache is not None else EmbeddingCache(self.config.cache_size)
+        self.prompter = Prompter(sam, self.device, self.config)
+
+    # ------------------------------------------------------------------ encoding
+    def embed(self, image: np.ndarray) -> ImageEmbedding:
+        """SAM's embedding of ``image`` ((H, W) or (H, W, C), any dtype), cached."""
+        return self._embed_rgb(prepare_image(image, channels=self.config.channels))
+
+    def _embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
+        key = (self.fingerprint, image_digest(rgb), self.config.encoder_dtype)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        embedding = encode_image(
+            self.sam, rgb, device=self.device, encoder_dtype=self.config.encoder_dtype
+        )
+        self.cache.put(key, embedding)
+        return embedding
+
+    # ------------------------------------------------------------------ learning
+    def learn(
+        self,
+        image: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]],
+        mask: np.ndarray | None = None,
+    ) -> Concept:
+        """Learn a concept from one reference, or from several.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, C) array, or a sequence of (image, mask) pairs
+            Any numeric or boolean dtype (see :func:`prepare_image`).
+        mask : (H, W) array
+            Nonzero pixels are the object. Omit it when ``image`` is a sequence of
+            pairs.
+
+        Returns
+        -------
+        Concept
+            ``target_embedding`` (C,) float32 is the mean feature of the cells the
+            masks cover (coverage >= ``config.foreground_coverage``; for an object
+            smaller than that, the best-covered cells).
+        """
+        if mask is None:
+            pairs = list(image)  # type: ignore[arg-type]
+            if not pairs:
+                raise ValueError("learn() needs at least one (image, mask) pair.")
+        else:
+            pairs = [(image, mask)]
+        # Masks are checked before any image is encoded (seconds each with ViT-B).
+        masks = [prepare_mask(ref_mask, np.shape(ref_image)) for ref_image, ref_mask in pairs]
+        shots = [
+            self._shot(self._reference(ref_image), mask)
+            for (ref_image, _), mask in zip(pairs, masks)
+        ]
+        return self._concept_from_shots(shots)
+
+    def _concept_from_shots(self, shots: Sequence[Shot]) -> Concept:
+        pooled = np.concatenate([shot.features[:, shot.foreground_cells].T for shot in shots])
+        target = pooled.mean(axis=0).astype(np.float32)
+        per_shot = np.stack(
+            [shot.features[:, shot.foreground_cells].mean(axis=1) for shot in shots]
+        ).astype(np.float32)
+        inside, outside = self._reference_levels(shots, per_shot)
+        return Concept(
+            target_embedding=target,
+            model_fingerprint=self.fingerprint,
+            model_name=self.model_name,
+            shots=tuple(shots),
+            shot_embeddings=per_shot,
+            object_similarity=inside,
+            background_similarity=outside,
+            object_area=float(np.mean([shot.mask.sum() for shot in shots])),
+        )
+
+    def _reference_levels(
+        self, shots: Sequence[Shot], embeddings: np.ndarray
+    ) -> tuple[float, float]:
+        """Mean similarity of the references' object cells and of their background cells."""
+        directions = torch.from_numpy(embeddings)
+        inside, outside = [], []
+        for shot in shots:
+            grid = cosine_similarity_grid(torch.from_numpy(shot.features)[None], directions)
+            grid = grid.numpy()
+            coverage = shot.geometry.mask_coverage(shot.mask)
+            background = (coverage == 0) & shot.geometry.valid_cells()
+            inside.append(float(grid[shot.foreground_cells].mean()))
+            # A mask covering the whole image leaves no background: assume a margin.
+            outside.append(float(grid[background].mean()) if background.any() else inside[-1] - 0.4)
+        return float(np.mean(inside)), float(np.mean(outside))
+
+    def learn_classes(
+        self,
+        image: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]],
+        labels: np.ndarray | None = None,
+        *,
+        values: Sequence[int] | None = None,
+    ) -> ClassConcepts:
+        """Learn one concept per label value of a reference label image.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, C) array, or a sequence of (image, labels) pairs
+        labels : (H, W) integer array
+            0 is background; every other value is a class.
+        values : sequence of int, optional
+            Learn only these values (default: every nonzero value present).
+
+        Returns
+        -------
+        ClassConcepts
+            Each image is encoded once for all classes.
+        """
+        pairs = list(image) if labels is None else [(image, labels)]  # type: ignore[arg-type]
+        if not pairs:
+            raise ValueError("learn_classes() needs at least one (image, labels) pair.")
+        present = sorted({int(v) for _, lab in pairs for v in np.unique(np.asarray(lab)) if v != 0})
+        wanted = present if values is None else [int(v) for v in values]
+        missing = [v for v in wanted if v not in present]
+        if not wanted or missing:
+            raise ValueError(
+                f"Label value(s) {missing or wanted} are not painted in the reference "
+                f"(painted values: {present or 'none'}); paint them or choose others."
+            )
+        # Masks are checked before any image is encoded; each reference is then
+        # prepared, hashed and encoded once, and its classes share it.
+        masks = [
+            {
+                value: prepare_mask(np.asarray(lab) == value, np.shape(ref))
+                for value in wanted
+                if (np.asarray(lab) == value).any()
+            }
+            for ref, lab in pairs
+        ]
+        references = [self._reference(ref) for ref, _ in pairs]
+        concepts = {}
+        for value in wanted:
+            shots = [
+                self._shot(reference, by_value[value])
+                for reference, by_value in zip(references, masks)
+                if value in by_value
+            ]
+            concepts[value] = self._concept_from_shots(shots)
+        return ClassConcepts(concepts)
+
+    def _reference(self, image: np.ndarray) -> tuple[ImageEmbedding, np.ndarray]:
+        """A reference image's embedding and its features on the CPU (shared by its shots)."""
+        if np.ndim(image) not in (2, 3):
+            raise ValueError(
+                f"Each reference must be an (image, mask) pair of 2D arrays; got an image "
+                f"of shape {np.shape(image)}."
+            )
+        embedding = self.embed(image)
+        return embedding, embedding.features[0].cpu().numpy()
+
+    def _shot(self, reference: tuple[ImageEmbedding, np.ndarray], mask: np.ndarray) -> Shot:
+        """One reference object; ``mask`` (H, W) bool, already checked by prepare_mask."""
+        embedding, features = reference
+        coverage = embedding.geometry.mask_coverage(mask)
+        foreground = coverage >= self.config.foreground_coverage
+        if not foreground.any():
+            # A small object covers no cell by half: use the best-covered cell(s).
+            foreground = coverage >= coverage.max()
+        return Shot(
+            features=features,
+            mask=mask,
+            geometry=embedding.geometry,
+            foreground_cells=foreground,
+        )
+
+    def finetune(self, concept: Concept) -> Concept:
+        """PerSAM-F: fit the weights of SAM's three masks to the reference mask(s).
+
+        Returns a new :class:`Concept` with ``mask_weights`` (3,) set; ``concept`` is
+        not changed. Training uses the same first-step prompts as :meth:`segment`,
+        on every reference of the concept.
+        """
+        check_concept(concept, self.fingerprint)
+        if not concept.shots:
+            raise ValueError(
+                "This concept carries no reference images (was it loaded from a file?); "
+                "learn it again from its references to fine-tune it."
+            )
+        cfg = self.config
+        logits, targets = [], []
+        for shot in concept.shots:
+            features = torch.from_numpy(shot.features)[None].to(self.device)
+            embedding = ImageEmbedding(features=features, geometry=shot.geometry)
+            # Same first-step prompts as segment(), so the weights fit what they will mix.
+            guidance = self.prompter.guidance(
+                embedding, dataclasses.replace(concept, mask_weights=None)
+            )
+            prompt = self.prompter.prior_prompt(guidance)
+            low_res, _ = self.prompter.decode(
+                embedding,
+                [prompt],
+                boxes=[None],
+                mask_inputs=None,
+                multimask=True,
+                guidance=guidance,
+            )
+            low_res = low_res[0]
+            height, width = shot.geometry.original_hw
+            scale = min(1.0, cfg.finetune_max_side / max(height, width))
+            fit_hw = (max(1, round(height * scale)), max(1, round(width * scale)))
+            logits.append(shot.geometry.grid_to_shape(low_res, fit_hw).flatten(1).cpu())
+            mask = torch.from_numpy(shot.mask.astype(np.float32))[None, None]
+            target = F.interpolate(mask, size=fit_hw, mode="bilinear", antialias=True)
+            targets.append(target.clamp(0, 1).flatten())
+        weights, losses = fit_mask_weights(
+            logits, targets, steps=cfg.finetune_steps, lr=cfg.finetune_lr
+        )
+        return dataclasses.replace(concept, mask_weights=weights, finetune_losses=losses)
+
+    # ---------------------------------------------------------------- segmenting
+    def segment(
+        self, image: np.ndarray, concept: Concept | ClassConcepts
+    ) -> Segmentation | LabelSegmentation:
+        """Find the concept's object in ``image``.
+
+        Parameters
+        ----------
+        image : (H, W) or (H, W, C) array
+            Any numeric or boolean dtype.
+        concept : Concept or ClassConcepts
+            From :meth:`learn` / :meth:`finetune` (one object), or from
+            :meth:`learn_classes` (one object per class) with the same model.
+
+        Returns
+        -------
+        Segmentation
+            For a Concept: ``mask`` (H, W) bool, ``similarity`` (H, W) float32,
+            ``score``, ``points`` (N, 2) (y, x), ``point_labels`` (N,), ``box``.
+        LabelSegmentation
+            For ClassConcepts: ``labels`` (H, W) int32 holding the reference's
+            values; where two classes claim a pixel the higher score wins.
+        """
+        embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
+        if isinstance(concept, ClassConcepts):
+            results = {
+                value: self.prompter.segment(embedding, check_concept(member, self.fingerprint))
+                for value, member in concept.concepts.items()
+            }
+            return merge_class_segmentations(results, embedding.geometry.original_hw)
+        return self.prompter.segment(embedding, check_concept(concept, self.fingerprint))
+
+    def segment_instances(self, image: np.ndarray, concept: Concept | ClassConcepts) -> Instances:
+        """Find every instance of the concept (or of each class) in ``image``.
+
+        Candidates are local maxima of the similarity map above
+        ``config.instance_threshold`` (default: from the reference), at most one per
+        ``config.instance_spacing`` pixels, strongest first, at most
+        ``config.max_instances``. Each runs the prompt cascade with the negative
+        point, decoded in batches; a candidate already inside an accepted mask is
+        skipped and a mask overlapping an accepted one beyond
+        ``config.instance_iou_limit`` is dropped.
+
+        Returns
+        -------
+        Instances
+            ``labels`` (H, W) int32 (0 background, 1..N), ``scores`` (N,),
+            ``similarity`` (H, W), ``classes`` (N,) (the class value of each object:
+            for several classes, ids run across classes and ``class_map()`` gives the
+            class image), ``points`` (N, 2).
+        """
+        embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
+        members = concept.concepts if isinstance(concept, ClassConcepts) else {1: concept}
+        found = {}
+        for value, member in members.items():
+            check_concept(member, self.fingerprint)
+            found[value] = find_instances(self.prompter, embedding, member, class_value=value)
+        if not isinstance(concept, ClassConcepts):
+            return found[1]
+        return merge_class_instances(found, iou_limit=self.config.instance_iou_limit)
+
+    def segment_many(
+        self, images: Iterable[np.ndarray], concept: Concept, *, total: int | None = None
+    ) -> ProgressGenerator[list[Segmentation]]:
+        """Segment several images (or the slices of a stack), yielding progress.
+
+        A generator: each image's :class:`Segmentation` is yielded as
+        ``Progress(done, total, message, index=i, result=segmentation)`` as soon as it
+        is ready, and the list of all of them is returned at the end. Stop iterating
+        to cancel; what was yielded stays valid.
+        """
+        check_concept(concept, self.fingerprint)
+        if total is None and hasattr(images, "__len__"):
+            total = len(images)  # type: ignore[arg-type]
+        total = int(total or 0)
+        results: list[Segmentation] = []
+        for index, image in enumerate(images):
+            segmentation = self.segment(image, concept)
+            results.append(segmentation)
+            yield Progress(
+                done=index + 1,
+                total=max(total, index + 1),
+                message=f"segmented {index + 1} of {max(total, index + 1)}",
+                index=index,
+                result=segmentation,
+            )
+        return results
+
+    def segment_stack(
+        self,
+        stack,
+        concept: Concept | ClassConcepts,
+        *,
+        reference_index: int,
+        slices: Sequence[int] | None = None,
+        instances: bool = False,
+        mode: str | None = None,
+    ) -> ProgressGenerator[dict]:
+        """Segment the slices of a (Z, H, W[, C]) stack; a progress generator.
+
+        ``mode`` "propagate" (default from ``config.stack_mode``) walks outward from
+        ``reference_index`` and prompts each slice with its neighbour's result too;
+        "independent" uses the concept alone. Each slice's result is yielded as
+        ``Progress(index=z, result=...)``; the dict of all results is returned. See
+        :func:`napari_persam.core.engine.stacks.iter_segment_stack`.
+        """
+        members = concept.concepts if isinstance(concept, ClassConcepts) else {1: concept}
+        for member in members.values():
+            check_concept(member, self.fingerprint)
+        return iter_segment_stack(
+            stack,
+            concept,
+            embed=self.embed,
+            prompter=self.prompter,
+            reference_index=reference_index,
+            slices=slices,
+            instances=instances,
+            mode=mode,
+        )

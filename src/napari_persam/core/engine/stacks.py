@@ -1,0 +1,300 @@
+"""Segmenting every slice of a stack, consistently.
+
+``independent`` segments each slice from the concept alone. ``propagate`` starts at
+the reference slice and walks outward in both directions; each slice is also
+prompted with its neighbour's result (the box, enlarged a little, and a point deep
+inside the mask) together with the similarity prior, so a structure is followed
+through the stack instead of jumping to a look-alike. An object that vanishes
+(empty mask or low score) stops steering, and the concept's prior can pick it up
+again later. Instances keep their ids from slice to slice by mask overlap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from napari_persam.core.engine.concepts import ClassConcepts, Concept
+from napari_persam.core.engine.embeddings import ImageEmbedding
+from napari_persam.core.engine.instances import find_instances, merge_class_instances
+from napari_persam.core.engine.postprocess import tight_box
+from napari_persam.core.engine.prompting import Prompter, PromptSet, extreme_points
+from napari_persam.core.engine.results import (
+    Instances,
+    LabelSegmentation,
+    Segmentation,
+    merge_class_segmentations,
+)
+from napari_persam.core.progress import Progress, ProgressGenerator
+
+#: ``embed(image) -> ImageEmbedding``: encodes (and caches) one (H, W[, C]) slice.
+Embed = Callable[[np.ndarray], ImageEmbedding]
+
+#: Overlap (IoU) above which two masks of neighbouring slices are the same object.
+MATCH_IOU = 0.2
+
+
+def slice_order(indices: Sequence[int], reference: int) -> list[tuple[int, int | None]]:
+    """(slice, neighbour towards the reference) pairs, outward from the reference.
+
+    The first slice is the one nearest the reference (it has no neighbour); then
+    the slices above it in increasing order, then those below in decreasing order.
+    """
+    ordered = sorted({int(i) for i in indices})
+    if not ordered:
+        return []
+    start = min(ordered, key=lambda z: (abs(z - reference), z))
+    position = ordered.index(start)
+    pairs: list[tuple[int, int | None]] = [(start, None)]
+    for i in range(position + 1, len(ordered)):
+        pairs.append((ordered[i], ordered[i - 1]))
+    for i in range(position - 1, -1, -1):
+        pairs.append((ordered[i], ordered[i + 1]))
+    return pairs
+
+
+def inner_point(mask: np.ndarray) -> np.ndarray:
+    """(y, x) of the mask pixel farthest from its border (inside even for a crescent)."""
+    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    return np.array(np.unravel_index(np.argmax(distance), mask.shape), dtype=np.float64)
+
+
+def enlarged_box(box: np.ndarray, margin: float, shape: tuple[int, int]) -> np.ndarray:
+    """(y0, x0, y1, x1) grown by ``margin`` of its size on each side, inside the image."""
+    y0, x0, y1, x1 = box
+    dy, dx = (y1 - y0 + 1) * margin, (x1 - x0 + 1) * margin
+    return np.array(
+        [
+            max(0.0, y0 - dy),
+            max(0.0, x0 - dx),
+            min(shape[0] - 1.0, y1 + dy),
+            min(shape[1] - 1.0, x1 + dx),
+        ]
+    )
+
+
+def propagation_prompt(
+    previous: np.ndarray, similarity: np.ndarray, *, margin: float, negative: bool
+) -> PromptSet:
+    """Prompts for an object seen in the neighbouring slice.
+
+    Positive points at the inside of the neighbour's mask and at the similarity
+    maximum within its enlarged box, the negative prior point, and the enlarged box.
+    """
+    box = enlarged_box(tight_box(previous), margin, previous.shape)
+    y0, x0, y1, x1 = box.astype(int)
+    window = similarity[y0 : y1 + 1, x0 : x1 + 1]
+    local = np.array(np.unravel_index(np.argmax(window), window.shape), dtype=np.float64)
+    points = [inner_point(previous), local + np.array([y0, x0])]
+    labels = [1, 1]
+    if negative:
+        points.append(extreme_points(similarity)[1])
+        labels.append(0)
+    return PromptSet(points=np.stack(points), labels=np.array(labels), box=box)
+
+
+def iter_segment_stack(
+    stack,
+    concept: Concept | ClassConcepts,
+    *,
+    embed: Embed,
+    prompter: Prompter,
+    reference_index: int,
+    slices: Sequence[int] | None = None,
+    instances: bool = False,
+    mode: str | None = None,
+) -> ProgressGenerator[dict]:
+    """Segment the slices of ``stack``, yielding each result as it is ready.
+
+    Parameters
+    ----------
+    stack : array-like, (Z, H, W) or (Z, H, W, C)
+        Anything indexable by slice (numpy, dask, zarr); one slice is read at a time.
+    concept : Concept or ClassConcepts
+        Already checked against the model (see :func:`~.concepts.check_concept`).
+    embed : callable
+        ``embed(slice) -> ImageEmbedding``, e.g. :meth:`PerSAM.embed` (cached).
+    prompter : Prompter
+        Prompts and decodes; its ``config`` holds the stack and instance options.
+    reference_index : int
+        The slice the reference was painted on; propagation starts there.
+    slices : sequence of int, optional
+        Which slices (default: all).
+    instances : bool
+        Every instance (``Instances`` per slice, ids kept through the stack) instead
+        of one object per class.
+    mode : {"propagate", "independent"}, optional
+        Default: ``prompter.config.stack_mode``.
+
+    Yields
+    ------
+    Progress
+        ``index`` = slice, ``result`` = that slice's Segmentation,
+        LabelSegmentation or Instances.
+
+    Returns
+    -------
+    dict of int -> result
+        Every finished slice.
+    """
+    config = prompter.config
+    mode = mode or config.stack_mode
+    if mode not in ("propagate", "independent"):
+        raise ValueError(f"Unknown stack mode {mode!r}; use 'propagate' or 'independent'.")
+    depth = int(stack.shape[0]) if hasattr(stack, "shape") else len(stack)
+    indices = list(range(depth)) if slices is None else [int(z) for z in slices]
+    bad = [z for z in indices if not 0 <= z < depth]
+    if bad:
+        raise ValueError(f"Slice(s) {bad} are outside the stack (0..{depth - 1}).")
+    members = concept.concepts if isinstance(concept, ClassConcepts) else {1: concept}
+
+    tracker = _IdTracker()
+    results: dict[int, object] = {}
+    order = slice_order(indices, reference_index)
+    for done, (z, neighbour) in enumerate(order, start=1):
+        embedding = embed(np.asarray(stack[z]))
+        previous = (
+            results.get(neighbour) if (mode == "propagate" and neighbour is not None) else None
+        )
+        if instances:
+            result = _slice_instances(prompter, embedding, members, previous, tracker, concept)
+        else:
+            per_class = {}
+            for value, member in members.items():
+                before = _steering_mask(previous, value, member, config.propagation_min_score)
+                per_class[value] = _slice_object(prompter, embedding, member, before)
+            if isinstance(concept, ClassConcepts):
+                result = merge_class_segmentations(per_class, embedding.geometry.original_hw)
+            else:
+                result = per_class[1]
+        results[z] = result
+        yield Progress(
+            done, len(order), f"slice {z} ({done} of {len(order)})", index=z, result=result
+        )
+    return results
+
+
+def _steering_mask(previous, value: int, concept: Concept, min_score: float) -> np.ndarray | None:
+    """The neighbour's mask of class ``value`` if it should steer this slice.
+
+    It must exist, have a predicted IoU of at least ``min_score`` and still look
+    like the concept (mean similarity above the concept's threshold): a mask on
+    background after the object vanished must not drag the next slices along.
+    """
+    if previous is None:
+        return None
+    if isinstance(previous, Segmentation):
+        mask, score, similarity = previous.mask, previous.score, previous.similarity
+    elif isinstance(previous, LabelSegmentation):
+        mask = previous.labels == value
+        score = previous.scores.get(value, 0.0)
+        similarity = previous.similarity[previous.values.index(value)]
+    else:
+        return None
+    if not mask.any() or score < min_score:
+        return None
+    if float(similarity[mask].mean()) < concept.similarity_threshold:
+        return None
+    return mask
+
+
+def _slice_object(
+    prompter: Prompter,
+    embedding: ImageEmbedding,
+    concept: Concept,
+    previous_mask: np.ndarray | None,
+) -> Segmentation:
+    if previous_mask is None:
+        return prompter.segment(embedding, concept)
+    guidance = prompter.guidance(embedding, concept)
+    prompt = propagation_prompt(
+        previous_mask,
+        guidance.similarity,
+        margin=prompter.config.propagation_margin,
+        negative=prompter.config.negative_prior,
+    )
+    return prompter.segment(embedding, concept, prompt=prompt, guidance=guidance)
+
+
+def _slice_instances(
+    prompter: Prompter,
+    embedding: ImageEmbedding,
+    members: dict[int, Concept],
+    previous: object,
+    tracker: _IdTracker,
+    concept: Concept | ClassConcepts,
+) -> Instances:
+    config = prompter.config
+    found = {}
+    for value, member in members.items():
+        guidance = prompter.guidance(embedding, member)
+        seeds = []
+        if isinstance(previous, Instances):
+            for index, object_id in enumerate(previous.ids):
+                if previous.classes[index] != value:
+                    continue
+                if previous.scores[index] < config.propagation_min_score:
+                    continue
+                mask = previous.labels == object_id
+                if mask.any() and previous.similarity[mask].mean() >= member.similarity_threshold:
+                    seeds.append(
+                        propagation_prompt(
+                            mask,
+                            guidance.similarity,
+                            margin=config.propagation_margin,
+                            negative=config.negative_prior,
+                        )
+                    )
+        found[value] = find_instances(
+            prompter, embedding, member, class_value=value, seeds=seeds, guidance=guidance
+        )
+    if isinstance(concept, ClassConcepts):
+        merged = merge_class_instances(found, iou_limit=config.instance_iou_limit)
+    else:
+        merged = found[1]
+    return tracker.relabel(merged, previous if isinstance(previous, Instances) else None)
+
+
+class _IdTracker:
+    """Gives objects the id of the overlapping object of the neighbouring slice."""
+
+    def __init__(self) -> None:
+        self.next_id = 1
+
+    def relabel(self, current: Instances, previous: Instances | None) -> Instances:
+        new_ids = np.zeros(len(current.ids), dtype=np.int32)
+        if previous is not None and len(previous.ids) and len(current.ids):
+            pairs = []
+            for i, cid in enumerate(current.ids):
+                mask = current.labels == cid
+                area = mask.sum()
+                touched, shared = np.unique(previous.labels[mask], return_counts=True)
+                for pid, inter in zip(touched, shared):
+                    if pid == 0:
+                        continue
+                    union = area + (previous.labels == pid).sum() - inter
+                    pairs.append((inter / union, i, int(pid)))
+            used = set()
+            for iou, i, pid in sorted(pairs, reverse=True):
+                if iou < MATCH_IOU or new_ids[i] or pid in used:
+                    continue
+                new_ids[i] = pid
+                used.add(pid)
+            self.next_id = max(self.next_id, int(previous.labels.max(initial=0)) + 1)
+        for i in range(len(new_ids)):
+            if not new_ids[i]:
+                new_ids[i] = self.next_id
+                self.next_id += 1
+        size = max(int(current.labels.max(initial=0)), int(current.ids.max(initial=0))) + 1
+        lookup = np.zeros(size, dtype=np.int32)
+        lookup[current.ids] = new_ids
+        return Instances(
+            labels=lookup[current.labels],
+            scores=current.scores,
+            similarity=current.similarity,
+            classes=current.classes,
+            points=current.points,
+            ids=new_ids,
+        )

@@ -1,0 +1,1 @@
+"""Measuring quality: datasets of images and masks, the one-shot protocol, metrics."""

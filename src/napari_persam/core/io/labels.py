@@ -1,0 +1,123 @@
+"""Writing outputs: label images, label stacks (zarr, one chunk per slice) and JSON.
+
+Every file is written under a temporary name and renamed into place, so a killed
+run never leaves a half-written file under a finished name. A stack's labels go
+into a zarr array one slice at a time, so a stack larger than memory never has to
+fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_persam.core.errors import InputError, option
+from napari_persam.core.io.images import TIFF_SUFFIXES
+
+# Labels keep the input's suffix where it is lossless; JPEG and BMP inputs get PNG labels.
+_LABEL_SUFFIX = {".tif": ".tif", ".tiff": ".tiff", ".png": ".png"}
+#: Attribute that marks a zarr array as written by napari-persam (so resuming may reuse it).
+ZARR_MARK = "napari_persam"
+
+
+def label_suffix(path: str) -> str:
+    """Suffix of the label file written for an image file (lossless: TIFF or PNG)."""
+    return _LABEL_SUFFIX.get(Path(path).suffix.lower(), ".png")
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """Write a (H, W) label image to a TIFF or PNG file atomically.
+
+    PNG holds at most 16 bits: labels above 65535 need a TIFF output.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.{uuid.uuid4().hex}.partial{target.suffix}")
+    try:
+        if target.suffix.lower() in TIFF_SUFFIXES:
+            import tifffile
+
+            tifffile.imwrite(tmp, labels, compression="zlib")
+        else:
+            from PIL import Image
+
+            if labels.max(initial=0) > np.iinfo(np.uint16).max:
+                raise ValueError(
+                    f"{int(labels.max())} labels do not fit a 16-bit PNG; write TIFF outputs."
+                )
+            small = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
+            Image.fromarray(small).save(tmp, format="PNG")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, content: Any) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    try:
+        tmp.write_text(json.dumps(content, indent=2), encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def create_label_stack(
+    path: str | os.PathLike, *, shape: tuple[int, int, int], dtype: np.dtype, source: str
+) -> None:
+    """Create (or check, when resuming) the zarr array a stack's labels go to.
+
+    One chunk per slice: each slice is written independently, by whichever
+    process segmented it.
+
+    Raises
+    ------
+    ValueError
+        If something not written by napari-persam for ``source``, or with another
+        shape, is already at ``path`` (it is never overwritten).
+    """
+    import zarr
+
+    target = os.fspath(path)
+    if os.path.exists(target):
+        try:
+            existing = zarr.open_array(target, mode="r")
+            mark = dict(existing.attrs).get(ZARR_MARK, {})
+        except Exception:
+            existing, mark = None, {}
+        if (
+            existing is None
+            or mark.get("source") != os.path.abspath(source)
+            or tuple(existing.shape) != tuple(shape)
+            or existing.dtype != np.dtype(dtype)
+        ):
+            raise InputError(
+                f"{target!r} already exists and is not napari-persam's labels of "
+                f"{source!r} with shape {shape}; move it away or choose {option('out')}."
+            )
+        return
+    from napari_persam.core.io.zarr_arrays import create_array
+
+    create_array(
+        os.fspath(target),
+        shape=shape,
+        chunks=(1, *shape[1:]),
+        dtype=dtype,
+        fill_value=0,
+        attributes={ZARR_MARK: {"source": os.path.abspath(source)}},
+    )
+
+
+def write_label_slice(path: str | os.PathLike, index: int, labels: np.ndarray) -> None:
+    """Write slice ``index`` of a label stack made by :func:`create_label_stack`."""
+    import zarr
+
+    array = zarr.open_array(os.fspath(path), mode="r+")
+    array[index] = labels.astype(array.dtype, copy=False)
