@@ -207,10 +207,8 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     )
     yield Progress(0, total, f"loading model {job.model.name}")
     model = yield from models.load(spec, job.model)
-    try:
-        engine = model.engine(spec)
-    except ValueError as error:  # the disk cache folder cannot be used
-        raise ValueError(f"{error} Or untick 'cache embeddings on disk'.") from error
+    # An unusable disk cache folder is a warning (shown by napari), not a failure.
+    engine = model.engine(spec)
     if job.concept_file is not None:
         try:
             job.concept_file.check_model(
