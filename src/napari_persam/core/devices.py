@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
 import warnings
 from typing import TYPE_CHECKING
 
@@ -72,6 +75,30 @@ def available_devices() -> list[str]:
 
     names = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if _mps_available():
+        names.append("mps")
+    names.append("cpu")
+    return names
+
+
+def likely_devices() -> list[str]:
+    """The devices that seem usable here, best first, without importing torch.
+
+    Once torch is imported this is :func:`available_devices`. Before that it is
+    a guess from the system, for the napari widget, which must open without
+    loading torch (importing it holds Python's lock for seconds, freezing the
+    window): one ``cuda:N`` per NVIDIA GPU the driver lists (Linux), ``mps`` on
+    Apple silicon, and ``cpu``. A guessed device that torch cannot use is refused
+    with :func:`resolve_device`'s message when it is chosen.
+    """
+    if "torch" in sys.modules:
+        return available_devices()
+    names: list[str] = []
+    try:
+        gpus = sorted(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        gpus = []
+    names += [f"cuda:{index}" for index in range(len(gpus))]
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
         names.append("mps")
     names.append("cpu")
     return names

@@ -296,7 +296,7 @@ def test_metadata_that_is_not_an_npy_array_is_refused(tmp_path):
     with pytest.raises(ValueError, match="its metadata is a JSON list"):
         read_concept_file(tmp_path / "list.npz")
     np.save(tmp_path / "single.npy", np.zeros(3))
-    with pytest.raises(ValueError, match="not a valid concept file: it is a single .npy"):
+    with pytest.raises(ValueError, match=r"not a valid concept file: it is a single \.npy"):
         read_concept_file(tmp_path / "single.npy")
     with pytest.raises(ValueError, match="is a folder, not a concept file"):
         read_concept_file(tmp_path)
@@ -332,7 +332,7 @@ def test_concepts_that_would_give_wrong_results_are_refused_at_load(change, what
 def test_saving_refuses_what_loading_would_refuse(tmp_path):
     good = Concept(target_embedding=np.ones(4, np.float32), model_fingerprint="f" * 32)
     for value in (0, -3, 2**40):
-        with pytest.raises(ValueError, match="outside 1..2147483647"):
+        with pytest.raises(ValueError, match=r"outside 1\.\.2147483647"):
             save_concepts({value: good}, tmp_path / "c.npz")
     nan = Concept(target_embedding=np.full(4, np.nan, np.float32), model_fingerprint="f" * 32)
     with pytest.raises(ValueError, match="NaN"):

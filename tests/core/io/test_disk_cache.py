@@ -244,7 +244,7 @@ def _remove(chunk: Path) -> None:
 
 @pytest.mark.parametrize("damage", [_random_floats, _nan, _flip_one_byte, _remove])
 def test_a_damaged_entry_is_reported_once_deleted_and_encoded_again(tmp_path, damage):
-    cache, key, entry = _stored(tmp_path)
+    _, key, entry = _stored(tmp_path)
     damage(_chunk_file(entry))
     fresh = DiskEmbeddingCache(tmp_path)  # another session: nothing in memory
     with pytest.warns(CacheWarning, match="was damaged") as caught:
@@ -259,7 +259,7 @@ def test_a_damaged_entry_is_reported_once_deleted_and_encoded_again(tmp_path, da
 def test_an_edited_geometry_is_never_served(tmp_path):
     import json
 
-    cache, key, entry = _stored(tmp_path)
+    _, key, entry = _stored(tmp_path)
     metadata = entry / ("zarr.json" if (entry / "zarr.json").exists() else ".zattrs")
     content = json.loads(metadata.read_text())
     attributes = content.get("attributes", content)

@@ -1,0 +1,196 @@
+"""The longest event-loop stall of napari while the PerSAM widget opens and while it runs.
+
+A stall is time in which napari's window cannot repaint or react: the GUI thread
+is busy, or another thread holds Python's lock. It is measured with a timer that
+should fire every ``--tick`` ms on the GUI thread: the longest interval between
+two firings, minus the tick, is the longest stall.
+
+Each scenario runs in a fresh process, so opening the widget happens without
+torch loaded, as when a user opens it from the Plugins menu:
+
+* ``open``: the widget opens (through the manifest, as the menu does), then the
+  event loop runs for a second;
+* ``run 1``: the first Run (2D image, one object): it loads PyTorch and the model
+  in the worker, learns the reference and segments the image;
+* ``run 2``: a second Run on the same image (model and embedding cached).
+
+``--torch-first`` imports torch before the viewer opens (as when another plugin
+or the console has loaded it), which shows what is left of a first Run's stall
+without torch's import.
+
+Models: ``tiny`` (the test SAM) and ``vit_b`` with random weights (the compute of
+the real one; no checkpoint is needed). Needs a display: run under ``xvfb-run``
+on a headless machine::
+
+    xvfb-run -a python benchmarks/gui_stalls.py --out benchmarks/results/gui_stalls.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SCENARIO = "--scenario"
+
+
+def measure(model: str, *, torch_first: bool, tick_ms: float) -> dict:
+    """Run one scenario set in this process; returns the stalls in milliseconds."""
+    if torch_first:
+        import torch  # noqa: F401
+
+    import napari
+    import numpy as np
+    from qtpy.QtCore import QElapsedTimer, QEventLoop, QTimer
+    from qtpy.QtWidgets import QApplication
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    rng = np.random.default_rng(0)
+    image = (rng.random((384, 512)) * 60).astype(np.uint8)
+    image[100:220, 150:330] = 210
+    labels = np.zeros(image.shape, np.uint8)
+    labels[120:200, 170:310] = 1
+    viewer.add_image(image, name="image")
+    viewer.add_labels(labels, name="reference")
+    _wait(app, 0.5)
+
+    gaps: list[float] = []
+    clock = QElapsedTimer()
+    timer = QTimer()
+    timer.setInterval(int(tick_ms))
+    last = [0.0]
+
+    def on_tick() -> None:
+        now = clock.nsecsElapsed() / 1e6
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer.timeout.connect(on_tick)
+
+    def metered(action) -> dict:
+        gaps.clear()
+        clock.start()
+        last[0] = 0.0
+        timer.start()
+        started = time.perf_counter()
+        action()
+        wall = time.perf_counter() - started
+        timer.stop()
+        longest = max(gaps, default=0.0)
+        return {
+            "longest_stall_ms": round(max(0.0, longest - tick_ms), 1),
+            "stalls_over_100ms": sum(1 for gap in gaps if gap - tick_ms > 100),
+            "wall_s": round(wall, 2),
+        }
+
+    widget_box: list = []
+
+    def open_widget() -> None:
+        def do_open() -> None:
+            _, widget = viewer.window.add_plugin_dock_widget("napari-persam", "PerSAM")
+            widget.model.value = model
+            widget.device.value = "cpu"
+            widget.cache_on_disk.value = False
+            if model != "tiny":
+                widget.model_factory = _random_weights
+            widget_box.append(widget)
+
+        QTimer.singleShot(0, do_open)  # inside the event loop, like a menu click
+        _wait(app, 1.0)
+
+    def run_once() -> None:
+        widget = widget_box[0]
+        loop = QEventLoop()
+
+        def start() -> None:
+            widget.run()
+            if widget.worker is None:
+                loop.quit()
+                return
+            widget.worker.finished.connect(lambda: QTimer.singleShot(50, loop.quit))
+
+        QTimer.singleShot(0, start)
+        loop.exec_() if hasattr(loop, "exec_") else loop.exec()
+        if not widget.status.value.startswith("Done"):
+            raise RuntimeError(f"the Run did not finish: {widget.status.value}")
+
+    results = {
+        "open": metered(open_widget),
+        "run 1": metered(run_once),
+        "run 2": metered(run_once),
+    }
+    viewer.close()
+    return results
+
+
+def _random_weights(name, *, checkpoint, device):
+    """A model factory: the registry's architecture with random weights (no download)."""
+    from napari_persam.core.models import build_model
+
+    yield from ()
+    return build_model(name, checkpoint=None, device=device or "cpu")
+
+
+def _wait(app, seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        app.processEvents()
+        time.sleep(0.002)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["tiny", "vit_b"])
+    parser.add_argument("--tick-ms", type=float, default=5.0)
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per case")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(SCENARIO, nargs=2, metavar=("MODEL", "TORCH_FIRST"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scenario:
+        model, torch_first = args.scenario[0], args.scenario[1] == "1"
+        print(json.dumps(measure(model, torch_first=torch_first, tick_ms=args.tick_ms)))
+        return 0
+
+    cases = []
+    for model in args.models:
+        for torch_first in (False, True):
+            for repeat in range(args.repeats):
+                command = [sys.executable, __file__, SCENARIO, model, str(int(torch_first)),
+                           "--tick-ms", str(args.tick_ms)]  # fmt: skip
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    print(done.stderr[-3000:], file=sys.stderr)
+                    return 1
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                cases.append({"model": model, "torch_first": torch_first, "repeat": repeat,
+                              "stalls": result})  # fmt: skip
+                print(_line(cases[-1]), flush=True)
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "tick_ms": args.tick_ms,
+        "cases": cases,
+    }
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _line(case: dict) -> str:
+    parts = [
+        f"{name}: {values['longest_stall_ms']:.0f} ms ({values['wall_s']:.1f} s)"
+        for name, values in case["stalls"].items()
+    ]
+    first = "torch imported first" if case["torch_first"] else "fresh process"
+    return f"{case['model']:6s} {first:21s} " + "; ".join(parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
