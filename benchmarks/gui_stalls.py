@@ -81,6 +81,7 @@ def measure(model: str, *, torch_first: bool, tick_ms: float) -> dict:
         started = time.perf_counter()
         action()
         wall = time.perf_counter() - started
+        _wait(app, 0.1)  # a few more ticks: a stall at the very end is measured too
         timer.stop()
         longest = max(gaps, default=0.0)
         return {
@@ -150,6 +151,14 @@ def main() -> int:
     parser.add_argument("--tick-ms", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=1, help="fresh processes per case")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="SRC",
+        help="also run each case with the package in SRC (another version's src/ folder), "
+        "interleaved with this one, for a ratio under the same load",
+    )
     parser.add_argument(SCENARIO, nargs=2, metavar=("MODEL", "TORCH_FIRST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scenario:
@@ -157,20 +166,26 @@ def main() -> int:
         print(json.dumps(measure(model, torch_first=torch_first, tick_ms=args.tick_ms)))
         return 0
 
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    sources = {"this": here, **({"compared": str(args.compare.resolve())} if args.compare else {})}
     cases = []
     for model in args.models:
         for torch_first in (False, True):
             for repeat in range(args.repeats):
-                command = [sys.executable, __file__, SCENARIO, model, str(int(torch_first)),
-                           "--tick-ms", str(args.tick_ms)]  # fmt: skip
-                done = subprocess.run(command, capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    print(done.stderr[-3000:], file=sys.stderr)
-                    return 1
-                result = json.loads(done.stdout.strip().splitlines()[-1])
-                cases.append({"model": model, "torch_first": torch_first, "repeat": repeat,
-                              "stalls": result})  # fmt: skip
-                print(_line(cases[-1]), flush=True)
+                for version, source in sources.items():
+                    command = [sys.executable, __file__, SCENARIO, model, str(int(torch_first)),
+                               "--tick-ms", str(args.tick_ms)]  # fmt: skip
+                    env = {**os.environ, "PYTHONPATH": source}
+                    done = subprocess.run(
+                        command, capture_output=True, text=True, check=False, env=env
+                    )
+                    if done.returncode != 0:
+                        print(done.stderr[-3000:], file=sys.stderr)
+                        return 1
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    cases.append({"version": version, "model": model, "torch_first": torch_first,
+                                  "repeat": repeat, "stalls": result})  # fmt: skip
+                    print(_line(cases[-1]), flush=True)
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
@@ -189,7 +204,7 @@ def _line(case: dict) -> str:
         for name, values in case["stalls"].items()
     ]
     first = "torch imported first" if case["torch_first"] else "fresh process"
-    return f"{case['model']:6s} {first:21s} " + "; ".join(parts)
+    return f"{case['version']:8s} {case['model']:6s} {first:21s} " + "; ".join(parts)
 
 
 if __name__ == "__main__":

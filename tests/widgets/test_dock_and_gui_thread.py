@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+import napari_persam
 from tests.widgets._helpers import run_and_wait, squares
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+SRC = Path(napari_persam.__file__).resolve().parents[1]  # the package these tests import
 
 
 def _longest_message() -> str:

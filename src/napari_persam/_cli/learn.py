@@ -43,7 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="Label value the concept paints in segmentations (default 1).",
     )
-    parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace --out if it is an older concept file (any other file is kept).",
+    )
     add_mask_threshold_argument(parser)
     add_finetune_arguments(parser)
     add_model_arguments(parser)

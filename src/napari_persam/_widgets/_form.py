@@ -175,9 +175,11 @@ class PerSAMForm(Container):
         else:
             self.status.value = "Run learns from the reference layer."
 
-    def _refresh_devices(self) -> None:
-        """List the devices again: exact once a Run has loaded torch (cheap then)."""
-        choices = controls.device_choices()
+    def _refresh_devices(self, devices: list[str] | None) -> None:
+        """Show ``devices`` (listed by a Run's worker, with torch) instead of the guess."""
+        if devices is None:
+            return
+        choices = ["auto", *devices]
         if list(self.device.choices) != choices:
             current = self.device.value
             self.device.choices = choices

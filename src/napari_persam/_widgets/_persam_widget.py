@@ -306,7 +306,7 @@ class PerSAMWidget(PerSAMForm):
         self.worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
-        self._refresh_devices()
+        self._refresh_devices(self._models.devices)
 
 
 __all__ = ["PerSAMWidget"]

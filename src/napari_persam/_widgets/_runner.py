@@ -217,6 +217,12 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
             raise ValueError(f"{error} {_CONCEPT_ADVICE}") from error
     yield Progress(0, total, "loading PyTorch and segment-anything")
     import_engine()  # before the model: building SAM imports segment_anything
+    if models.devices is None:
+        from napari_persam.core.devices import available_devices
+
+        # Listed here, off the GUI thread (the first CUDA query starts the driver); the
+        # widget's device list is updated from it when the Run ends.
+        models.devices = available_devices()
     from napari_persam.core.engine_builder import EngineSpec
 
     spec = EngineSpec(

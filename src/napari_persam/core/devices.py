@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import warnings
 from typing import TYPE_CHECKING
 
@@ -81,17 +80,16 @@ def available_devices() -> list[str]:
 
 
 def likely_devices() -> list[str]:
-    """The devices that seem usable here, best first, without importing torch.
+    """The devices that seem usable here, best first, without asking torch.
 
-    Once torch is imported this is :func:`available_devices`. Before that it is
-    a guess from the system, for the napari widget, which must open without
+    A guess from the system, for the napari widget, which must open without
     loading torch (importing it holds Python's lock for seconds, freezing the
-    window): one ``cuda:N`` per NVIDIA GPU the driver lists (Linux), ``mps`` on
-    Apple silicon, and ``cpu``. A guessed device that torch cannot use is refused
-    with :func:`resolve_device`'s message when it is chosen.
+    window) or starting the CUDA driver on the GUI thread: one ``cuda:N`` per
+    NVIDIA GPU the driver lists (Linux), ``mps`` on Apple silicon, and ``cpu``.
+    :func:`available_devices` gives the exact list once torch is loaded; a guessed
+    device that torch cannot use is refused with :func:`resolve_device`'s message
+    when it is chosen.
     """
-    if "torch" in sys.modules:
-        return available_devices()
     names: list[str] = []
     try:
         gpus = sorted(os.listdir("/proc/driver/nvidia/gpus"))

@@ -379,14 +379,12 @@ class _MetadataReader:
                 used.add(key)
                 arrays[field] = members[key]
             try:
-                checked = check_fields(arrays, scalars, channels=channels)
+                checked = check_fields(arrays, scalars, channels=channels, model=model_name)
                 concepts[value] = Concept(
                     model_fingerprint=fingerprint, model_name=model_name, **checked
                 )
             except (SchemaError, ValueError, TypeError) as error:
-                prefix = f"the concept of label value {value}: "
-                model = f" of model {model_name!r}" if channels is not None else ""
-                raise self.invalid(prefix + str(error) + model) from error
+                raise self.invalid(f"the concept of label value {value}: {error}") from error
         unused = sorted(set(members) - used)
         if unused:
             raise self.invalid(f"its member(s) {unused} belong to no concept")

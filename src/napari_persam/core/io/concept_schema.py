@@ -116,7 +116,11 @@ def check_label_value(value: Any, *, what: str = "label value") -> int:
 
 # ------------------------------------------------------------------------ values
 def check_fields(
-    arrays: Mapping[str, Any], scalars: Mapping[str, Any], *, channels: int | None = None
+    arrays: Mapping[str, Any],
+    scalars: Mapping[str, Any],
+    *,
+    channels: int | None = None,
+    model: str = "",
 ) -> dict[str, Any]:
     """The Concept keyword arguments of one class, each checked against its rule.
 
@@ -129,6 +133,8 @@ def check_fields(
         field (array fields without data are written so).
     channels : int, optional
         The embedding length the model has, when known: ``"C"`` must equal it.
+    model : str
+        That model's name, for the message.
 
     Returns
     -------
@@ -161,7 +167,7 @@ def check_fields(
         if rule.kind == ARRAY:
             if in_scalars:
                 raise SchemaError(f"field {rule.name!r} must be an array, not {content!r}")
-            values[rule.name] = _check_array(rule, content, sizes)
+            values[rule.name] = _check_array(rule, content, sizes, model)
         else:
             if in_arrays:
                 raise SchemaError(f"field {rule.name!r} must be a single value, not an array")
@@ -200,7 +206,7 @@ def _as_dtype(rule: FieldRule, array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.dtype(rule.dtype))
 
 
-def _check_array(rule: FieldRule, content: Any, sizes: dict[str, int]) -> np.ndarray:
+def _check_array(rule: FieldRule, content: Any, sizes: dict[str, int], model: str) -> np.ndarray:
     if not isinstance(content, np.ndarray):
         raise SchemaError(f"field {rule.name!r} is not an array (found {type(content).__name__})")
     if content.dtype.kind != "f":
@@ -218,7 +224,8 @@ def _check_array(rule: FieldRule, content: Any, sizes: dict[str, int]) -> np.nda
             continue
         known = sizes.setdefault(expected, size)
         if size < 1 or size != known:
-            channel = " (the model's embedding channels)" if expected == "C" else ""
+            owner = f"model {model!r}" if model else "the model"
+            channel = f" (the embedding channels of {owner})" if expected == "C" else ""
             raise SchemaError(
                 f"array {rule.name!r} has shape {content.shape}, but its {expected} axis must "
                 f"be {known}{channel}"
