@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Sequence
 
 from napari_persam import __version__
 from napari_persam._cli.common import EXIT_BAD_ARGUMENTS
+from napari_persam.core.errors import PerSAMWarning
 
 # Subcommand modules, in the order `--help` lists them.
 SUBCOMMANDS: tuple[str, ...] = ("learn", "segment", "evaluate", "models")
@@ -38,7 +40,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_ARGUMENTS
-    return int(args.func(args))
+    with warnings.catch_warnings():  # restores the warning printer afterwards
+        warnings.showwarning = _plain_warning(warnings.showwarning, args.command)
+        return int(args.func(args))
+
+
+def _plain_warning(previous, command: str):
+    """Our own warnings as one line ("napari-persam segment: warning: ..."), others as before."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, PerSAMWarning):
+            print(f"napari-persam {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -175,5 +175,5 @@ def test_the_plugins_own_result_layer_cannot_be_the_reference():
     viewer.add_layer(image)
     labels = ensure_outputs(viewer, image, dtype=np.dtype(np.uint8)).labels
     labels.data[2, 1:4, 1:4] = 5  # a corrected result: rewritten by the next Run
-    with pytest.raises(ValueError, match="add result slice as reference"):
+    with pytest.raises(ValueError, match=r"'add result slice' \(advanced options\)"):
         build_job(_request(image, labels))

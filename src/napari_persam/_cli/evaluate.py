@@ -119,10 +119,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     if isinstance(outputs, str):
         return _error(outputs)
     if outputs is not None:
+        from napari_persam.core.io.folders import check_writable_folder
+
         try:  # before the long run, so an unwritable folder fails fast
-            outputs[0].parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            return _error(f"cannot create --out folder {args.out}: {error}")
+            check_writable_folder(args.out, what="--out")
+        except ValueError as error:
+            return _error(message(error))
 
     from napari_persam.core.progress import run
 
@@ -154,6 +156,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(markdown)
     if outputs is not None:
         json_path, markdown_path = outputs
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         markdown_path.write_text(markdown, encoding="utf-8")
         print(f"Wrote {json_path} and {markdown_path}", file=sys.stderr)

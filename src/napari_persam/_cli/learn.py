@@ -18,6 +18,7 @@ from napari_persam._cli.common import (
     learn_concept,
     load_engine,
     reference_pairs,
+    usage_error,
 )
 from napari_persam.core.models.registry import DEFAULT_MODEL
 
@@ -42,7 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="Label value the concept paints in segmentations (default 1).",
     )
-    parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace --out if it is an older concept file (any other file is kept).",
+    )
     add_mask_threshold_argument(parser)
     add_finetune_arguments(parser)
     add_model_arguments(parser)
@@ -57,16 +62,29 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from napari_persam.core.io.concept_file import save_concept
+    from napari_persam.core.engine.results import MAX_LABEL_VALUE
+    from napari_persam.core.io.concept_file import is_concept_file, save_concept
+    from napari_persam.core.io.folders import check_writable_folder
 
     pairs = reference_pairs(args)
     if not pairs:
         raise UsageError("give at least one --reference IMG --mask MASK pair.")
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out!r} is a folder; name the concept file to write.")
     if os.path.exists(out) and not args.overwrite:
         raise UsageError(f"{out!r} exists; choose another --out or pass --overwrite.")
-    if not 1 <= args.label_value <= 65535:
-        raise UsageError(f"--label-value must be in 1..65535, got {args.label_value}.")
+    if os.path.exists(out) and not is_concept_file(out):
+        # --overwrite replaces an older concept, never another file of the user's.
+        raise UsageError(
+            f"{out!r} exists and is not a concept file; it is kept. Choose another --out."
+        )
+    try:  # before the model is loaded and the references encoded
+        check_writable_folder(os.path.dirname(os.path.abspath(out)), what="The folder of --out")
+    except ValueError as error:
+        raise usage_error(error) from error
+    if not 1 <= args.label_value <= MAX_LABEL_VALUE:
+        raise UsageError(f"--label-value must be in 1..{MAX_LABEL_VALUE}, got {args.label_value}.")
     model_name = args.model or DEFAULT_MODEL
     config = build_config(args)
     # The model is loaded first: a missing or wrong checkpoint ends here with its

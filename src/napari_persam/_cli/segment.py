@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
@@ -64,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--instances",
         action="store_true",
-        help="Label each object separately (instance labels, int32).",
+        help="Label each object separately (instance labels: int32 in TIFF and zarr outputs, "
+        "uint16 in PNG outputs).",
     )
     parser.add_argument(
         "--stack-mode",
@@ -115,6 +115,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
+    from napari_persam.core.batch.report import check_report_path
+    from napari_persam.core.engine.results import MAX_LABEL_VALUE
+    from napari_persam.core.io.folders import check_writable_folder
+
     if args.concept and (args.reference or args.mask):
         raise UsageError("give either --concept or --reference/--mask pairs, not both.")
     if not args.concept and not args.reference:
@@ -128,14 +132,17 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers must be 1 or more, got {args.workers}.")
     if args.worker_threads is not None and args.worker_threads < 1:
         raise UsageError(f"--worker-threads must be 1 or more, got {args.worker_threads}.")
-    if args.label_value is not None and not 1 <= args.label_value <= 65535:
-        raise UsageError(f"--label-value must be in 1..65535, got {args.label_value}.")
+    if args.label_value is not None and not 1 <= args.label_value <= MAX_LABEL_VALUE:
+        raise UsageError(f"--label-value must be in 1..{MAX_LABEL_VALUE}, got {args.label_value}.")
     if args.start_slice is not None and args.stack_mode != "propagate":
         raise UsageError("--start-slice goes with --stack-mode propagate.")
     if args.start_slice is not None and args.start_slice < 0:
         raise UsageError(f"--start-slice must be 0 or more, got {args.start_slice}.")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise UsageError(f"--out {args.out!r} is a file; name a folder (it is created).")
+    try:  # before any work: a run must not fail at its end for want of a folder
+        check_writable_folder(args.out, what="--out")
+        check_report_path(args.out)
+    except ValueError as error:
+        raise usage_error(error) from error
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -143,6 +150,7 @@ def _segment(args: argparse.Namespace) -> int:
 
     from napari_persam.core.batch.plan import (
         SegmentOptions,
+        check_output_formats,
         output_dtype,
         plan_items,
         prepare_outputs,
@@ -170,6 +178,10 @@ def _segment(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as error:
             raise usage_error(error) from error
         model_name = args.model or concept_file.model_name or DEFAULT_MODEL
+        try:  # before any model is loaded or downloaded
+            concept_file.check_model_name(model_name, source=f"Concept file {args.concept!r}")
+        except ValueError as error:
+            raise usage_error(error) from error
         config = build_config(args, concept_file.config)
         concepts = dict(concept_file.concepts)
         if args.label_value is not None:
@@ -184,9 +196,10 @@ def _segment(args: argparse.Namespace) -> int:
         concepts = {}
     label_value = args.label_value or 1
 
-    dtype = output_dtype(list(concepts) or [label_value], options)
     try:
+        dtype = output_dtype(list(concepts) or [label_value], options)
         items, failures = plan_items(targets, args.out, options=options)
+        check_output_formats(items, dtype, options=options)
     except ValueError as error:
         raise usage_error(error) from error
 

@@ -91,12 +91,9 @@ def learned_concept(
 def read_concept(path: str | os.PathLike) -> ConceptFile:
     """A concept file's content; a ValueError saying what is wrong otherwise.
 
-    Imports torch (concepts hold geometry helpers) through the widget's safe
-    import, as this runs on napari's main thread.
+    Needs no torch. The widget reads concept files in its worker (see
+    ``Job.concept_path``), never on napari's main thread.
     """
-    from napari_persam._widgets._imports import import_engine
-
-    import_engine()
     from napari_persam.core.io.concept_file import read_concept_file
 
     try:
@@ -128,11 +125,9 @@ def check_export_target(path: str | os.PathLike) -> Path:
 
 
 def _is_concept_file(path: Path) -> bool:
-    try:
-        read_concept(path)
-    except (OSError, ValueError):
-        return False
-    return True
+    from napari_persam.core.io.concept_file import is_concept_file
+
+    return is_concept_file(path)
 
 
 def describe(content: Any) -> str:

@@ -1,6 +1,9 @@
 """The widget's controls: labels, ranges, defaults and tooltips, one function each.
 
-Kept apart from :mod:`._persam_widget`, which holds what the controls do.
+Kept apart from :mod:`._persam_widget`, which holds what the controls do, and from
+:mod:`._form`, which places them. Labels and texts are short so the dock stays
+narrow beside the canvas; the details are in tooltips. :class:`Section` is a part
+of the form the user can fold away (see :mod:`._layout`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from typing import Any
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -21,8 +23,12 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QSizePolicy
 
+from napari_persam._widgets._layout import Group, Section, StatusLabel, compact, row, scroll_area
 from napari_persam.core.config import STACK_MODES, PerSAMConfig
+from napari_persam.core.devices import likely_devices
 from napari_persam.core.models import DEFAULT_MODEL, TINY_MODEL, model_names
 
 MAX_LABEL = 2**31 - 1
@@ -32,27 +38,27 @@ FIND_MODES = (ONE_OBJECT, EVERY_INSTANCE)
 
 
 def image() -> Any:
-    return create_widget(annotation=Image, label="image", name="image")
+    return compact(create_widget(annotation=Image, label="image", name="image"))
 
 
 def reference() -> Any:
-    return create_widget(annotation=Labels, label="reference", name="reference")
+    return compact(create_widget(annotation=Labels, label="reference", name="reference"))
 
 
 def label_value() -> SpinBox:
     return SpinBox(
-        label="label value (0: most painted)",
+        label="label value",
         name="label_value",
         min=0,
         max=MAX_LABEL,
         value=0,
-        tooltip="The painted value to learn; 0 takes the value with the most pixels.",
+        tooltip="The painted value to learn; 0 (the default) takes the value with the most pixels.",
     )
 
 
 def learn_all_values() -> CheckBox:
     return CheckBox(
-        text="learn every painted value (one class each)",
+        text="learn every painted value",
         name="learn_all_values",
         value=False,
         tooltip="Each painted label value is its own kind of object; results keep the values.",
@@ -81,13 +87,14 @@ def more_references(choices: Callable[..., Any]) -> Select:
         tooltip="Other painted Labels layers (on their image) to learn from too.",
     )
     select.native.setMaximumHeight(90)  # a rare need: keep it small
-    return select
+    return compact(select)
 
 
 def add_reference_button() -> PushButton:
-    button = PushButton(text="add result slice as reference", name="add_reference_button")
+    button = PushButton(text="add result slice", name="add_reference_button")
     button.tooltip = (
-        "Copy the slice shown of '<image> PerSAM' (correct it first by painting on "
+        "Add the result as a reference: copy the slice shown of '<image> PerSAM' "
+        "(correct it first by painting on "
         "it) and its image into this widget's extra references, used by the next "
         "Run. Your layers are not changed."
     )
@@ -103,17 +110,25 @@ def clear_references_button() -> PushButton:
 
 
 def find_mode() -> ComboBox:
-    return ComboBox(
-        label="find",
-        name="find_mode",
-        choices=FIND_MODES,
-        value=ONE_OBJECT,
-        tooltip="One object per label value, or every instance (an id per object).",
+    return compact(
+        ComboBox(
+            label="find",
+            name="find_mode",
+            choices=FIND_MODES,
+            value=ONE_OBJECT,
+            tooltip="One object per label value, or every instance (an id per object).",
+        )
     )
 
 
 def auto_threshold() -> CheckBox:
-    return CheckBox(text="instance threshold from the reference", name="auto_threshold", value=True)
+    return CheckBox(
+        text="instance threshold from reference",
+        name="auto_threshold",
+        value=True,
+        tooltip="Every instance: take the similarity an object needs from the reference "
+        "(halfway between its object and its background); untick to set it yourself.",
+    )
 
 
 def instance_threshold() -> FloatSpinBox:
@@ -140,18 +155,20 @@ def max_instances() -> SpinBox:
 
 
 def stack_mode() -> ComboBox:
-    return ComboBox(
-        label="stack mode",
-        name="stack_mode",
-        choices=STACK_MODES,
-        value=PerSAMConfig().stack_mode,
-        tooltip="propagate: each slice is also prompted with its neighbour's result, "
-        "outward from the reference slice; independent: each slice on its own.",
+    return compact(
+        ComboBox(
+            label="stack mode",
+            name="stack_mode",
+            choices=STACK_MODES,
+            value=PerSAMConfig().stack_mode,
+            tooltip="propagate: each slice is also prompted with its neighbour's result, "
+            "outward from the reference slice; independent: each slice on its own.",
+        )
     )
 
 
 def targets(choices: Callable[..., Any]) -> ComboBox:
-    return ComboBox(label="segment", name="targets", choices=choices)
+    return compact(ComboBox(label="segment", name="targets", choices=choices))
 
 
 def first_slice() -> SpinBox:
@@ -163,33 +180,39 @@ def last_slice() -> SpinBox:
 
 
 def target_layers(choices: Callable[..., Any]) -> Select:
-    return Select(
-        label="image layers",
-        name="target_layers",
-        choices=choices,
-        tooltip="Images like the reference image to segment (Ctrl/Shift for several).",
+    return compact(
+        Select(
+            label="image layers",
+            name="target_layers",
+            choices=choices,
+            tooltip="Images like the reference image to segment (Ctrl/Shift for several).",
+        )
     )
 
 
 def model() -> ComboBox:
-    return ComboBox(
-        label="model",
-        name="model",
-        choices=model_names(),
-        value=DEFAULT_MODEL,
-        tooltip=f"'{TINY_MODEL}' is a small random SAM for trying the plugin out.",
+    return compact(
+        ComboBox(
+            label="model",
+            name="model",
+            choices=model_names(),
+            value=DEFAULT_MODEL,
+            tooltip=f"'{TINY_MODEL}' is a small random SAM for trying the plugin out.",
+        )
     )
 
 
 def checkpoint() -> FileEdit:
-    return FileEdit(
-        label="checkpoint",
-        name="checkpoint",
-        mode="r",
-        filter="*.pth *.pt",
-        nullable=True,
-        tooltip="Leave empty to use the published weights: downloaded once, checked, "
-        "and kept in the cache folder. Or choose your own weights file.",
+    return compact(
+        FileEdit(
+            label="checkpoint",
+            name="checkpoint",
+            mode="r",
+            filter="*.pth *.pt",
+            nullable=True,
+            tooltip="Leave empty to use the published weights: downloaded once, checked, "
+            "and kept in the cache folder. Or choose your own weights file.",
+        )
     )
 
 
@@ -205,26 +228,30 @@ def cache_on_disk() -> CheckBox:
 
 
 def concept_file() -> FileEdit:
-    return FileEdit(
-        label="concept file",
-        name="concept_file",
-        mode="r",
-        filter="*.npz",
-        nullable=True,
-        tooltip="A concept saved by 'export concept' or `napari-persam learn`: Run segments "
-        "with it instead of learning from the reference layer (which is then not needed). "
-        "Leave empty to learn from the reference.",
+    return compact(
+        FileEdit(
+            label="concept file",
+            name="concept_file",
+            mode="r",
+            filter="*.npz",
+            nullable=True,
+            tooltip="A concept saved by 'export concept' or `napari-persam learn`: Run "
+            "segments with it instead of learning from the reference layer (which is then "
+            "not needed). Leave empty to learn from the reference.",
+        )
     )
 
 
 def export_path() -> FileEdit:
-    return FileEdit(
-        label="export to",
-        name="export_path",
-        mode="w",
-        filter="*.npz",
-        nullable=True,
-        tooltip="Concept file (.npz) to write with 'export concept'.",
+    return compact(
+        FileEdit(
+            label="export to",
+            name="export_path",
+            mode="w",
+            filter="*.npz",
+            nullable=True,
+            tooltip="Concept file (.npz) to write with 'export concept'.",
+        )
     )
 
 
@@ -238,12 +265,23 @@ def export_button() -> PushButton:
 
 
 def device() -> ComboBox:
-    return ComboBox(label="device", name="device", choices=device_choices())
+    return compact(
+        ComboBox(
+            label="device",
+            name="device",
+            choices=device_choices(),
+            tooltip="auto: CUDA, then Apple MPS, then the CPU. The list is checked again "
+            "once PyTorch is loaded (by the first Run).",
+        )
+    )
 
 
 def finetune() -> CheckBox:
     return CheckBox(
-        text="PerSAM-F (fit mask weights to the reference)", name="finetune", value=False
+        text="PerSAM-F (fit mask weights)",
+        name="finetune",
+        value=False,
+        tooltip="Fit the weights of SAM's three masks to the reference (PerSAM-F).",
     )
 
 
@@ -268,13 +306,14 @@ def semantic_prompt() -> CheckBox:
 
 def min_object_size() -> FloatSpinBox:
     return FloatSpinBox(
-        label="min object size (% of image)",
+        label="min object size (%)",
         name="min_object_size",
         min=0.0,
         max=50.0,
         step=0.05,
         value=100 * PerSAMConfig().min_area_fraction,
-        tooltip="Smaller pieces of the result are removed; 0 keeps everything.",
+        tooltip="Pieces of the result smaller than this % of the image are removed; 0 keeps "
+        "everything.",
     )
 
 
@@ -287,20 +326,21 @@ def cancel_button() -> PushButton:
 
 
 def status() -> Label:
-    label = Label(value="", name="status", label="")
-    label.native.setWordWrap(True)
+    """The status line: wraps, never widens the dock; the full text is also its tooltip."""
+    label = StatusLabel(value="", name="status", label="")
+    native = label.native
+    native.setWordWrap(True)
+    # Ignored: the label takes the width the dock gives it and never asks for more, so
+    # a long message (a path, a URL) cannot push the canvas out of the window.
+    native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    native.setMinimumWidth(1)
+    native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
 
 
-def row(*widgets: Any, name: str) -> Container:
-    """Widgets side by side, without margins, as one row of the form."""
-    container = Container(widgets=list(widgets), layout="horizontal", labels=False, name=name)
-    container.margins = (0, 0, 0, 0)
-    return container
-
-
 def device_choices() -> list[str]:
-    # Opening the widget (not listing the plugin) is when torch is first needed.
-    from napari_persam.core.devices import available_devices
+    """ "auto" and the devices that seem usable, without importing torch (see likely_devices)."""
+    return ["auto", *likely_devices()]
 
-    return ["auto", *available_devices()]
+
+__all__ = ["Group", "Section", "compact", "row", "scroll_area"]

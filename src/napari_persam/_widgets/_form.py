@@ -31,6 +31,17 @@ from napari_persam.core.models.registry import TINY_MODEL
 class PerSAMForm(Container):
     """The controls of the PerSAM widget, laid out, with their visibility rules.
 
+    The form is narrow enough to sit beside napari's canvas: what every Run needs
+    is always shown; the rest is in sections that fold away ("advanced options",
+    "concept files"), and the whole form scrolls when the dock is short. To add a
+    control, write its function in :mod:`._controls` and place it with one line,
+    in the order it is shown, e.g. in the advanced section::
+
+        self.part_range = self.advanced.add(controls.part_range())
+
+    (``self.main.add(...)`` for the always-shown part, ``self.concepts.add(...)``
+    for concept files; ``run_row`` holds the buttons next to Run.)
+
     Parameters
     ----------
     napari_viewer : napari.Viewer
@@ -38,60 +49,68 @@ class PerSAMForm(Container):
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        super().__init__()
+        super().__init__(labels=False)
         self._viewer = napari_viewer
-        self.image = controls.image()
-        self.reference = controls.reference()
-        self.label_value = controls.label_value()
-        self.learn_all_values = controls.learn_all_values()
-        self.all_painted_slices = controls.all_painted_slices()
-        self.reference_slice = controls.reference_slice()
-        self.more_references = controls.more_references(self._reference_pairs)
+        self.margins = (0, 0, 0, 0)
+
+        # Always shown: what a Run needs.
+        self.main = controls.Group(name="main")
+        self.image = self.main.add(controls.image())
+        self.reference = self.main.add(controls.reference())
+        self.label_value = self.main.add(controls.label_value())
+        self.find_mode = self.main.add(controls.find_mode())
+        self.targets = self.main.add(controls.targets(self._target_choices))
+        self.first_slice = self.main.add(controls.first_slice())
+        self.last_slice = self.main.add(controls.last_slice())
+        self.target_layers = self.main.add(controls.target_layers(self._same_kind_layers))
+        self.model = self.main.add(controls.model())
+
+        # Folded away until asked for. One line per control: create and place it.
+        self.advanced = controls.Section("advanced options", name="advanced")
+        self.learn_all_values = self.advanced.add(controls.learn_all_values())
+        self.all_painted_slices = self.advanced.add(controls.all_painted_slices())
+        self.reference_slice = self.advanced.add(controls.reference_slice())
+        self.more_references = self.advanced.add(controls.more_references(self._reference_pairs))
         self.add_reference_button = controls.add_reference_button()
         self.extra_references_count = controls.extra_references_count()
         self.clear_references_button = controls.clear_references_button()
-        extra_row = controls.row(
-            self.add_reference_button,
-            self.extra_references_count,
-            self.clear_references_button,
-            name="extra_references",
+        self.advanced.add(
+            controls.row(
+                self.add_reference_button,
+                self.extra_references_count,
+                self.clear_references_button,
+                name="extra_references",
+            )
         )
-        self.find_mode = controls.find_mode()
-        self.auto_threshold = controls.auto_threshold()
-        self.instance_threshold = controls.instance_threshold()
-        self.max_instances = controls.max_instances()
-        self.stack_mode = controls.stack_mode()
-        self.targets = controls.targets(self._target_choices)
-        self.first_slice = controls.first_slice()
-        self.last_slice = controls.last_slice()
-        self.target_layers = controls.target_layers(self._same_kind_layers)
-        self.model = controls.model()
-        self.checkpoint = controls.checkpoint()
-        self.device = controls.device()
-        self.cache_on_disk = controls.cache_on_disk()
-        self.concept_file = controls.concept_file()
-        self.export_path = controls.export_path()
-        self.export_button = controls.export_button()
-        self.finetune = controls.finetune()
-        self.finetune_steps = controls.finetune_steps()
-        self.target_guided_attention = controls.target_guided_attention()
-        self.semantic_prompt = controls.semantic_prompt()
-        self.min_object_size = controls.min_object_size()
+        self.auto_threshold = self.advanced.add(controls.auto_threshold())
+        self.instance_threshold = self.advanced.add(controls.instance_threshold())
+        self.max_instances = self.advanced.add(controls.max_instances())
+        self.stack_mode = self.advanced.add(controls.stack_mode())
+        self.checkpoint = self.advanced.add(controls.checkpoint())
+        self.device = self.advanced.add(controls.device())
+        self.cache_on_disk = self.advanced.add(controls.cache_on_disk())
+        self.finetune = self.advanced.add(controls.finetune())
+        self.finetune_steps = self.advanced.add(controls.finetune_steps())
+        self.target_guided_attention = self.advanced.add(controls.target_guided_attention())
+        self.semantic_prompt = self.advanced.add(controls.semantic_prompt())
+        self.min_object_size = self.advanced.add(controls.min_object_size())
+
+        self.concepts = controls.Section("concept files", name="concepts")
+        self.concept_file = self.concepts.add(controls.concept_file())
+        self.export_path = self.concepts.add(controls.export_path())
+        self.export_button = self.concepts.add(controls.export_button())
+
         self.run_button = controls.run_button()
         self.cancel_button = controls.cancel_button()
+        self.run_row = controls.row(self.run_button, self.cancel_button, name="run_row")
         self.status = controls.status()
-
-        self.extend([
-            self.image, self.reference, self.label_value, self.learn_all_values,
-            self.all_painted_slices, self.reference_slice, self.more_references, extra_row,
-            self.find_mode, self.auto_threshold, self.instance_threshold, self.max_instances,
-            self.targets, self.first_slice, self.last_slice, self.target_layers,
-            self.stack_mode, self.model, self.checkpoint, self.device, self.cache_on_disk,
-            self.concept_file, self.finetune, self.finetune_steps,
-            self.target_guided_attention, self.semantic_prompt, self.min_object_size,
-            self.run_button, self.cancel_button, self.export_path, self.export_button,
-            self.status,
-        ])  # fmt: skip
+        self.content = Container(
+            widgets=[self.main, self.advanced, self.concepts, self.run_row, self.status],
+            labels=False,
+            name="content",
+        )
+        self.content.native.layout().addStretch(1)  # controls stay together at the top
+        self.native.layout().addWidget(controls.scroll_area(self.content))
 
         self.image.changed.connect(self._on_image_changed)
         self.reference.changed.connect(self._on_reference_changed)
@@ -156,13 +175,24 @@ class PerSAMForm(Container):
         else:
             self.status.value = "Run learns from the reference layer."
 
+    def _refresh_devices(self, devices: list[str] | None) -> None:
+        """Show ``devices`` (listed by a Run's worker, with torch) instead of the guess."""
+        if devices is None:
+            return
+        choices = ["auto", *devices]
+        if list(self.device.choices) != choices:
+            current = self.device.value
+            self.device.choices = choices
+            if current in choices:
+                self.device.value = current
+
     def _concept_path(self) -> Path | None:
         path = self.concept_file.value
         if not path or str(path) in ("", "."):
             return None
         return Path(path)
 
-    def _request(self, *, concept: object | None = None, extra_shots: list | tuple = ()) -> Request:
+    def _request(self, *, extra_shots: list | tuple = ()) -> Request:
         image = self.image.value
         return Request(
             image=image,
@@ -196,7 +226,7 @@ class PerSAMForm(Container):
             instances=self.find_mode.value == controls.EVERY_INSTANCE,
             more_references=list(self.more_references.value or []),
             extra_shots=list(extra_shots),
-            concept_file=concept,
+            concept_path=self._concept_path(),
             concept_source=repr(str(self._concept_path())),
             cache_on_disk=bool(self.cache_on_disk.value),
         )
@@ -236,6 +266,7 @@ class PerSAMForm(Container):
     def reset_choices(self, *_: object) -> None:
         """Refresh the layer pickers (napari calls this when layers change)."""
         super().reset_choices()
+        self.content.reset_choices()
         self._refresh_pairs()
 
     def _refresh_pairs(self) -> None:

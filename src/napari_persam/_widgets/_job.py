@@ -68,6 +68,9 @@ class Request:
         (Y, X[, C]) and its (Y, X) int label image.
     concept_file : ConceptFile or None
         Segment with this file's concepts; the references are then not used.
+    concept_path : path or None
+        Segment with the concept file there, read by the worker (the widget's
+        way, so nothing is read on napari's main thread).
     concept_source : str
         The concept file's path, for messages.
     cache_on_disk : bool
@@ -91,6 +94,7 @@ class Request:
     more_references: Sequence[tuple[Image, Labels]] = ()
     extra_shots: Sequence[tuple[np.ndarray, np.ndarray]] = ()
     concept_file: Any = None
+    concept_path: Any = None
     concept_source: str = ""
     cache_on_disk: bool = False
 
@@ -129,7 +133,7 @@ def build_job(request: Request) -> Job:
         targets; the message says what to do.
     """
     image = check_image(request.image)
-    if request.concept_file is not None:
+    if request.concept_file is not None or request.concept_path is not None:
         return _concept_file_job(request, image)
     reference = _check_labels(request.reference, image)
     labels = np.asarray(reference.data)
@@ -170,7 +174,7 @@ def _concept_file_job(request: Request, image: Image) -> Job:
             "images). Untick PerSAM-F (a fine-tuned concept file keeps its mask weights), or "
             "clear 'concept file' to learn from the reference layer."
         )
-    content = request.concept_file
+    content = request.concept_file  # None: the worker reads request.concept_path
     is_stack = len(spatial_shape(image)) == 3
     start = min(max(request.current_slice, 0), spatial_shape(image)[0] - 1) if is_stack else None
     return Job(
@@ -178,12 +182,13 @@ def _concept_file_job(request: Request, image: Image) -> Job:
         config=request.config,
         finetune=False,
         shots=(),
-        values=tuple(int(value) for value in content.label_values),
+        values=() if content is None else tuple(int(value) for value in content.label_values),
         targets=_targets(request, image),
         instances=request.instances,
         # Propagation starts where the user looks: there is no painted slice.
         reference_index=start,
         concept_file=content,
+        concept_path=None if request.concept_path is None else str(request.concept_path),
         concept_source=request.concept_source,
         cache_on_disk=request.cache_on_disk,
     )
@@ -200,7 +205,7 @@ def _check_labels(reference: Labels | None, image: Image) -> Labels:
         # the user's corrections on the next Run.
         raise ValueError(
             f"{reference.name!r} is a result of this plugin and is rewritten by every Run; "
-            "use 'add result slice as reference' for a corrected result, or duplicate the "
+            "use 'add result slice' (advanced options) for a corrected result, or duplicate the "
             "layer (Layers > Duplicate Layer) and choose the copy."
         )
     shape = spatial_shape(image)

@@ -59,6 +59,8 @@ class LoadedModels:
     def __init__(self, factory: ModelFactory | None = None) -> None:
         self.factory = factory
         self._loaded: dict[tuple[str, str, str], LoadedModel] = {}
+        #: The devices torch can use, once a Run's worker has listed them.
+        self.devices: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self._loaded)

@@ -2,7 +2,7 @@
 
 Few-shot learning takes every painted slice of the reference layer, plus what the
 user adds here: other painted Labels layers (each on the image it fits) and
-result slices they corrected ("add result slice as reference"). Result slices are
+result slices they corrected ("add result slice"). Result slices are
 copied into the widget; no layer is ever changed.
 """
 

@@ -7,6 +7,7 @@ worker and writes each result into the output layers as it arrives.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,6 @@ from napari_persam._widgets._concepts import (
     LearnedConcept,
     check_export_target,
     describe,
-    read_concept,
 )
 from napari_persam._widgets._form import PerSAMForm
 from napari_persam._widgets._job import (
@@ -116,7 +116,7 @@ class PerSAMWidget(PerSAMForm):
 
     @property
     def extra_references(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-        """The references added with "add result slice as reference".
+        """The references added with "add result slice".
 
         Each is (image (Y, X[, C]), labels (Y, X) int32 holding label values),
         copies taken when the button was pressed; the next Run learns from them too.
@@ -151,7 +151,18 @@ class PerSAMWidget(PerSAMForm):
         if isinstance(step, ConceptReady) and step.concept is not None:
             self.last_concept = step.concept
             self.export_button.enabled = True
+            values = tuple(step.concept.label_values)
+            if self.job is not None and self.job.values != values:
+                # A concept file read by the worker: its label values are known now.
+                self.job = dataclasses.replace(self.job, values=values)
+                if self._run is not None:
+                    self._run.set_values(values)
         self._show(step)
+
+    def _on_warned(self, warning: tuple) -> None:
+        # napari shows the warning as a notification too; the status keeps it in view.
+        if self._run is not None:
+            self._run.warnings.append(str(warning[0]))
 
     def _on_errored(self, error: BaseException) -> None:
         self._report(error)
@@ -171,9 +182,7 @@ class PerSAMWidget(PerSAMForm):
         if self.running:
             return
         try:
-            job = build_job(
-                self._request(concept=self._read_concept_file(), extra_shots=self._extra_shots)
-            )
+            job = build_job(self._request(extra_shots=self._extra_shots))
         except ValueError as error:
             show_error(str(error))
             self.status.value = f"Not started: {error}"
@@ -186,6 +195,7 @@ class PerSAMWidget(PerSAMForm):
             _connect={
                 "yielded": self._on_yielded, "errored": self._on_errored,
                 "aborted": self._on_aborted, "finished": self._on_finished,
+                "warned": self._on_warned,
             },
         )  # fmt: skip
         self.run_button.enabled = False
@@ -198,7 +208,7 @@ class PerSAMWidget(PerSAMForm):
     def load_concept(self, path: str | Path | None) -> None:
         """Segment with the concept file at ``path`` from the next Run on (``None``: learn again).
 
-        Same as choosing it in "concept file"; the file is read when Run is pressed.
+        Same as choosing it in "concept file"; the file is read by the Run's worker.
         """
         self.concept_file.value = None if path is None else Path(path)
 
@@ -260,7 +270,7 @@ class PerSAMWidget(PerSAMForm):
         self.status.value = f"Added {where} as a reference; it is used from the next Run on."
 
     def clear_extra_references(self) -> None:
-        """Forget the references added with "add result slice as reference"."""
+        """Forget the references added with "add result slice"."""
         self._extra_shots.clear()
         self._show_extra_count()
 
@@ -269,10 +279,6 @@ class PerSAMWidget(PerSAMForm):
         count = len(self._extra_shots)
         self.extra_references_count.value = f"{count} added"
         self.clear_references_button.enabled = count > 0
-
-    def _read_concept_file(self) -> object | None:
-        path = self._concept_path()
-        return None if path is None else read_concept(path)
 
     def _show(self, step: Progress) -> None:
         run = self._run  # this run's, even if another starts while a result is written
@@ -300,6 +306,7 @@ class PerSAMWidget(PerSAMForm):
         self.worker = None
         self.run_button.enabled = True
         self.cancel_button.enabled = False
+        self._refresh_devices(self._models.devices)
 
 
 __all__ = ["PerSAMWidget"]

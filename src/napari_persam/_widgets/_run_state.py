@@ -46,13 +46,24 @@ class RunState:
         self.cancelled = False
         self.failure = ""
         self.finished = False
-        # Instance ids grow through a stack; class values are the user's own.
-        self.dtype = np.dtype(np.int32) if job.instances else np.min_scalar_type(max(job.values))
-        several = job.instances and len(job.values) > 1
-        self.classes_dtype = np.min_scalar_type(max(job.values)) if several else None
+        self.warnings: list[str] = []
+        self.values: tuple[int, ...] = ()
+        self.dtype = np.dtype(np.int32)
+        self.classes_dtype: np.dtype | None = None
+        if job.values:  # a concept file's values come with the worker's ConceptReady step
+            self.set_values(job.values)
         self._bar: progress | None = progress(total=len(job.targets), desc="PerSAM")
         self._pending: tuple[int, int, str] | None = None
         self._updating = False
+
+    def set_values(self, values: tuple[int, ...]) -> None:
+        """The label values the results hold, which decide the output layers' dtypes."""
+        self.values = tuple(values)
+        # Instance ids grow through a stack; class values are the user's own.
+        top = max(self.values)
+        self.dtype = np.dtype(np.int32) if self.job.instances else np.min_scalar_type(top)
+        several = self.job.instances and len(self.values) > 1
+        self.classes_dtype = np.min_scalar_type(top) if several else None
 
     @property
     def total(self) -> int:
@@ -85,7 +96,7 @@ class RunState:
             self.outputs[target.output] = outputs
             outputs.labels.metadata[CONTENT_KEY] = {
                 "instances": self.job.instances,
-                "values": list(self.job.values),
+                "values": list(self.values),
             }
         write_result(outputs, step.result, slice_index=target.slice_index)
         self.done += 1
@@ -131,7 +142,13 @@ class RunState:
             self._bar = None
 
     def summary(self) -> str:
-        """One line for the widget's status."""
+        """One line for the widget's status (with the run's warnings after it)."""
+        text = self._outcome()
+        if self.warnings:
+            text += " Warning: " + " ".join(dict.fromkeys(self.warnings))
+        return text
+
+    def _outcome(self) -> str:
         if self.failure:
             return f"Failed after {self.done} of {self.total} image(s): {self.failure}"
         if self.cancelled:

@@ -89,6 +89,10 @@ class Job:
     concept_file : ConceptFile or None
         Segment with these concepts instead of learning from ``shots`` (then
         empty); ``values`` are the file's label values.
+    concept_path : str or None
+        A concept file to read *in the worker* and segment with (the widget's way:
+        nothing is read on napari's main thread); ``values`` are then empty until
+        the worker hands the concept back in a ``ConceptReady`` step.
     concept_source : str
         How to name the concept file in messages (its path).
     cache_on_disk : bool
@@ -106,6 +110,7 @@ class Job:
     instances: bool = False
     reference_index: int | None = None
     concept_file: ConceptFile | None = None
+    concept_path: str | None = None
     concept_source: str = ""
     cache_on_disk: bool = False
 
@@ -144,6 +149,12 @@ def slice_result(result: Result, *, values: Sequence[int]) -> SliceResult:
         classes=classes,
         objects=object_count(result),
     )
+
+
+_CONCEPT_ADVICE = (
+    "In the widget: choose that model in 'model', or clear 'concept file' to learn from the "
+    "reference layer."
+)
 
 
 class RunError(Exception):
@@ -189,13 +200,29 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     int
         How many targets were segmented.
     """
-    from napari_persam._widgets._concepts import ConceptReady, learned_concept
+    from napari_persam._widgets._concepts import ConceptReady, learned_concept, read_concept
     from napari_persam._widgets._imports import import_engine
     from napari_persam.core.engine.concepts import combine_concepts
 
     total = len(job.targets)
+    content, values = job.concept_file, job.values
+    if content is None and job.concept_path is not None:
+        yield Progress(0, total, "reading the concept file")
+        content = read_concept(job.concept_path)
+        values = tuple(content.label_values)
+    if content is not None:
+        try:  # before any model is loaded (or downloaded)
+            content.check_model_name(job.model.name, source=f"Concept file {job.concept_source}")
+        except ValueError as error:
+            raise ValueError(f"{error} {_CONCEPT_ADVICE}") from error
     yield Progress(0, total, "loading PyTorch and segment-anything")
     import_engine()  # before the model: building SAM imports segment_anything
+    if models.devices is None:
+        from napari_persam.core.devices import available_devices
+
+        # Listed here, off the GUI thread (the first CUDA query starts the driver); the
+        # widget's device list is updated from it when the Run ends.
+        models.devices = available_devices()
     from napari_persam.core.engine_builder import EngineSpec
 
     spec = EngineSpec(
@@ -207,24 +234,19 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     )
     yield Progress(0, total, f"loading model {job.model.name}")
     model = yield from models.load(spec, job.model)
-    try:
-        engine = model.engine(spec)
-    except ValueError as error:  # the disk cache folder cannot be used
-        raise ValueError(f"{error} Or untick 'cache embeddings on disk'.") from error
-    if job.concept_file is not None:
+    # An unusable disk cache folder is a warning (shown by napari), not a failure.
+    engine = model.engine(spec)
+    if content is not None:
         try:
-            job.concept_file.check_model(
+            content.check_model(
                 model_name=job.model.name,
                 model_fingerprint=engine.fingerprint,
                 checkpoint_sha256=model.checkpoint_sha256,
                 source=f"Concept file {job.concept_source}",
             )
         except ValueError as error:
-            raise ValueError(
-                f"{error} In the widget: choose that model in 'model', or clear 'concept "
-                "file' to learn from the reference layer."
-            ) from error
-        concept = combine_concepts(job.concept_file.concepts)
+            raise ValueError(f"{error} {_CONCEPT_ADVICE}") from error
+        concept = combine_concepts(content.concepts)
     else:
         classes = f"{len(job.values)} label values" if len(job.values) > 1 else "the object"
         yield Progress(0, total, f"learning {classes} from {len(job.shots)} reference(s)")
@@ -235,7 +257,7 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     # Handed to the main thread as a step's result, so the widget can export it.
     used = learned_concept(
         concept,
-        values=job.values,
+        values=values,
         model_name=job.model.name,
         checkpoint_sha256=model.checkpoint_sha256,
         config=job.config,
@@ -250,7 +272,7 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
                 total,
                 f"segmented {done} of {total}",
                 index=index,
-                result=slice_result(result, values=job.values),
+                result=slice_result(result, values=values),
             )
     return done
 

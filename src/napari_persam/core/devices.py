@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import warnings
 from typing import TYPE_CHECKING
 
@@ -72,6 +74,29 @@ def available_devices() -> list[str]:
 
     names = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if _mps_available():
+        names.append("mps")
+    names.append("cpu")
+    return names
+
+
+def likely_devices() -> list[str]:
+    """The devices that seem usable here, best first, without asking torch.
+
+    A guess from the system, for the napari widget, which must open without
+    loading torch (importing it holds Python's lock for seconds, freezing the
+    window) or starting the CUDA driver on the GUI thread: one ``cuda:N`` per
+    NVIDIA GPU the driver lists (Linux), ``mps`` on Apple silicon, and ``cpu``.
+    :func:`available_devices` gives the exact list once torch is loaded; a guessed
+    device that torch cannot use is refused with :func:`resolve_device`'s message
+    when it is chosen.
+    """
+    names: list[str] = []
+    try:
+        gpus = sorted(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        gpus = []
+    names += [f"cuda:{index}" for index in range(len(gpus))]
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
         names.append("mps")
     names.append("cpu")
     return names

@@ -106,6 +106,7 @@ class LoadedModel:
         self.checkpoint_sha256 = checkpoint_sha256
         self.memory = EmbeddingCache(memory_items)
         self._disk: dict[tuple[Path, int], DiskEmbeddingCache] = {}
+        self._unusable: set[tuple[Path, int]] = set()
 
     def cache(
         self, *, disk_cache: bool, cache_dir: str | os.PathLike | None, max_bytes: int, device
@@ -113,26 +114,41 @@ class LoadedModel:
         """The memory cache, or the disk cache in ``cache_dir`` with the memory one in front.
 
         A disk cache is made once per folder, so its counters describe this model's
-        whole session.
-
-        Raises
-        ------
-        ValueError
-            If the folder cannot be used as a cache.
+        whole session. A folder that cannot be used (read-only, not a folder) is
+        warned about once, as a :class:`~napari_persam.core.io.disk_cache.CacheWarning`,
+        and the memory cache is used instead: a cache is a speed-up, never a
+        reason to fail.
         """
         if not disk_cache:
             return self.memory
-        from napari_persam.core.io.disk_cache import DiskEmbeddingCache
+        import warnings
+
+        from napari_persam.core.io.disk_cache import (
+            CacheUnavailable,
+            CacheWarning,
+            DiskEmbeddingCache,
+        )
         from napari_persam.core.paths import embeddings_dir
 
         folder = Path(cache_dir) if cache_dir is not None else embeddings_dir()
         key = (folder, int(max_bytes))
+        if key in self._unusable:
+            return self.memory
         if key not in self._disk:
-            # No checkpoint hash in the signature: the model fingerprint already names the
-            # weights, so the widget, learn and segment share entries.
-            self._disk[key] = DiskEmbeddingCache(
-                folder, max_bytes=max_bytes, device=device, memory=self.memory
-            )
+            try:
+                # No checkpoint hash in the signature: the model fingerprint already names
+                # the weights, so the widget, learn and segment share entries.
+                self._disk[key] = DiskEmbeddingCache(
+                    folder, max_bytes=max_bytes, device=device, memory=self.memory
+                )
+            except CacheUnavailable as error:
+                self._unusable.add(key)
+                warnings.warn(
+                    f"{error} Running without the disk cache: images are encoded anew.",
+                    CacheWarning,
+                    stacklevel=2,
+                )
+                return self.memory
         return self._disk[key]
 
     @property

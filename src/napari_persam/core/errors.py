@@ -61,6 +61,10 @@ class InputError(ValueError):
         return _MARKER.sub(replace, self.template)
 
 
+class PerSAMWarning(UserWarning):
+    """Something the user should know that does not stop the work (front ends show it plainly)."""
+
+
 def render_error(error: BaseException, spelling: Mapping[str, str] | None = None) -> str:
     """``error``'s message, with options spelled per ``spelling`` when it is an InputError."""
     if isinstance(error, InputError):

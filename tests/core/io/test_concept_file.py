@@ -100,14 +100,16 @@ def test_few_shot_data_and_reference_levels_survive_the_round_trip(engine, rng, 
 def test_pickled_content_is_refused(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, metadata=np.array([{"format": "napari-persam concept"}], dtype=object))
-    with pytest.raises(ValueError, match="not a readable napari-persam concept file"):
+    with pytest.raises(
+        ValueError, match="is not a valid concept file: its member 'metadata' holds pickled"
+    ):
         read_concept_file(path)
 
 
 def test_other_files_and_newer_versions_are_refused(tmp_path):
     plain = tmp_path / "plain.npz"
     np.savez(plain, x=np.zeros(3))
-    with pytest.raises(ValueError, match="not a napari-persam concept file"):
+    with pytest.raises(ValueError, match="is not a valid concept file: it has no 'metadata'"):
         read_concept_file(plain)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_concept_file(tmp_path / "missing.npz")
@@ -184,3 +186,185 @@ def test_save_is_atomic_and_keeps_old_file_on_failure(tmp_path, monkeypatch):
         save_concept(changed, path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]  # no temporary left
+
+
+# ------------------------------------------------- tampered and wrong files (issue 13)
+def _valid_members(**concept_fields) -> tuple[dict[str, np.ndarray], dict]:
+    """The members of a valid one-concept file of the tiny model, and its metadata."""
+    fields = {"target_embedding": np.linspace(-1, 1, 256, dtype=np.float32), **concept_fields}
+    concept = Concept(model_fingerprint="f" * 32, model_name="tiny", **fields)
+    payload = concepts_to_bytes({1: concept}, config=PerSAMConfig())
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    return arrays, json.loads(arrays.pop("metadata").tobytes())
+
+
+def _pack(arrays: dict, metadata) -> bytes:
+    buffer = io.BytesIO()
+    text = json.dumps(metadata).encode()
+    np.savez(buffer, metadata=np.frombuffer(text, dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+def _edit(change) -> bytes:
+    arrays, metadata = _valid_members()
+    change(arrays, metadata)
+    return _pack(arrays, metadata)
+
+
+def _set(*path_and_value):
+    *path, value = path_and_value
+
+    def change(arrays, metadata):
+        node = metadata
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return change
+
+
+def _delete(*path):
+    def change(arrays, metadata):
+        node = metadata
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+
+    return change
+
+
+def _set_array(key, value):
+    def change(arrays, metadata):
+        arrays[key] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [
+        (_delete("model"), "has no 'model'"),  # was KeyError: 'model'
+        (_set("model", []), "'model' is []; it must be an object"),  # 'list' ... 'get'
+        (_set("format_version", "abc"), "'format_version' is 'abc'"),  # int('abc')
+        (_set("format_version", True), "'format_version' is True"),
+        (_set("classes", [[1, 2]]), "class 0 is [1, 2], not an object"),
+        (_set("classes", 0, "label_value", "3"), "label value '3' is not a whole number"),
+        (_set("label_values", ["a"]), "label value 'a' is not a whole number"),
+        (_set("classes", 0, "arrays", []), "'arrays' is []"),
+        (_set("classes", 0, "fields", "object_area", "big"), "'object_area' must be a float"),
+        (_set("classes", 0, "fields", "object_similarity", 7.0), "outside -1.001..1.001"),
+        (_set("classes", 0, "fields", "colour", 1), "field(s) ['colour'] this napari-persam"),
+        (_set("config", {"refinement_steps": "two"}), "its engine options are wrong"),
+        (_set("config", {"min_area_fraction": 3.0}), "its engine options are wrong"),
+        (_set("model", "checkpoint_sha256", "abc"), "checkpoint SHA-256 'abc'"),
+        (_set("model", "fingerprint", ""), "'fingerprint' is empty"),
+        (_set("format", "something else"), "its format is 'something else'"),
+        (_set("label_values", [1, 2]), "2 label values for 1 classes"),
+        (_set("classes", []), "it holds no concept"),
+        (_delete("classes", 0, "arrays", "target_embedding"), "'target_embedding' is missing"),
+        (_set("classes", 0, "arrays", "target_embedding", "nowhere"), "'nowhere') is missing"),
+        (_set_array("stray", np.zeros(3)), "['stray'] belong to no concept"),
+        (_set_array("class_0/target_embedding", np.arange(256)), "dtype int64"),
+        (_set_array("class_0/target_embedding", np.zeros((2, 128), np.float32)), "shape (2, 128)"),
+        (_set_array("class_0/shot_embeddings", np.zeros((1, 255), np.float32)), "C axis"),
+    ],
+)
+def test_every_defect_is_answered_with_not_a_valid_concept_file(change, what):
+    with pytest.raises(ValueError) as error:
+        concept_file_from_bytes(_edit(change), source="'c.npz'")
+    message = str(error.value)
+    assert message.startswith("'c.npz' is not a valid concept file: "), message
+    assert what in message, message
+
+
+def test_metadata_that_is_not_an_npy_array_is_refused(tmp_path):
+    # A pickled member is stored as raw bytes: numpy hands it back as bytes, not an array.
+    import pickle
+
+    arrays, metadata = _valid_members()
+    path = tmp_path / "c.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.npy", pickle.dumps(metadata))
+        for key, value in arrays.items():
+            stream = io.BytesIO()
+            np.save(stream, value)
+            archive.writestr(f"{key}.npy", stream.getvalue())
+    with pytest.raises(ValueError, match="'metadata' entry is not UTF-8 JSON text"):
+        read_concept_file(path)
+    (tmp_path / "list.npz").write_bytes(_pack(arrays, [1, 2]))
+    with pytest.raises(ValueError, match="its metadata is a JSON list"):
+        read_concept_file(tmp_path / "list.npz")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"not a valid concept file: it is a single \.npy"):
+        read_concept_file(tmp_path / "single.npy")
+    with pytest.raises(ValueError, match="is a folder, not a concept file"):
+        read_concept_file(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [
+        # every image would then fail with a reshape error
+        (_set_array("class_0/target_embedding", np.ones(10, np.float32)), "must be 256"),
+        # exit 0 with empty labels
+        (_set_array("class_0/target_embedding", np.full(256, np.nan, np.float32)), "NaN"),
+        (_set_array("class_0/shot_embeddings", np.full((1, 256), np.inf, np.float32)), "NaN"),
+        # exit 0, all background
+        (_set("classes", 0, "label_value", 0), "label value 0 is outside 1..2147483647"),
+        # OverflowError in an int32 label image
+        (_set("classes", 0, "label_value", 2**40), "1099511627776 is outside 1..2147483647"),
+    ],
+)
+def test_concepts_that_would_give_wrong_results_are_refused_at_load(change, what):
+    def both(arrays, metadata):
+        change(arrays, metadata)
+        value = metadata["classes"][0]["label_value"]
+        metadata["label_values"] = [value]
+        if "class_0/target_embedding" in arrays and arrays["class_0/target_embedding"].size == 10:
+            arrays["class_0/shot_embeddings"] = arrays["class_0/target_embedding"][None]
+
+    with pytest.raises(ValueError, match="is not a valid concept file") as error:
+        concept_file_from_bytes(_edit(both))
+    assert what in str(error.value)
+
+
+def test_saving_refuses_what_loading_would_refuse(tmp_path):
+    good = Concept(target_embedding=np.ones(4, np.float32), model_fingerprint="f" * 32)
+    for value in (0, -3, 2**40):
+        with pytest.raises(ValueError, match=r"outside 1\.\.2147483647"):
+            save_concepts({value: good}, tmp_path / "c.npz")
+    nan = Concept(target_embedding=np.full(4, np.nan, np.float32), model_fingerprint="f" * 32)
+    with pytest.raises(ValueError, match="NaN"):
+        save_concept(nan, tmp_path / "c.npz")
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_files_without_newer_optional_fields_still_load():
+    # An older file: only the required embedding; every later field keeps its default.
+    arrays, metadata = _valid_members()
+    del arrays["class_0/shot_embeddings"]
+    metadata["classes"][0]["arrays"] = {"target_embedding": "class_0/target_embedding"}
+    metadata["classes"][0]["fields"] = {}
+    del metadata["config"], metadata["package_version"], metadata["model"]["name"]
+    content = concept_file_from_bytes(_pack(arrays, metadata))
+    (concept,) = content.concepts.values()
+    assert concept.shot_embeddings.shape == (1, 256)
+    assert concept.object_area == 0.0 and content.config is None and content.model_name == ""
+
+
+def test_every_stored_concept_field_has_one_rule():
+    from napari_persam.core.io.concept_schema import RULES, stored_fields
+
+    assert sorted(stored_fields()) == sorted(RULES)
+
+
+def test_model_name_and_channels_are_checked_without_a_model():
+    content = concept_file_from_bytes(_pack(*_valid_members()))
+    content.check_model_name("tiny")
+    with pytest.raises(ValueError, match="learned with model 'tiny', not with 'vit_t'"):
+        content.check_model_name("vit_t")
+    unnamed = Concept(target_embedding=np.ones(4, np.float32), model_fingerprint="f" * 32)
+    loaded = concept_file_from_bytes(concepts_to_bytes({1: unnamed}))
+    with pytest.raises(ValueError, match="4-channel embeddings, but model 'vit_b' makes 256"):
+        loaded.check_model_name("vit_b")

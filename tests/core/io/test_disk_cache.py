@@ -15,7 +15,7 @@ import torch
 import napari_persam
 from napari_persam.core.engine.embeddings import EmbeddingCache, ImageEmbedding
 from napari_persam.core.engine.geometry import SamGeometry
-from napari_persam.core.io.disk_cache import DiskEmbeddingCache
+from napari_persam.core.io.disk_cache import CacheWarning, DiskEmbeddingCache
 from napari_persam.core.paths import CACHE_ENV, embeddings_dir
 from napari_persam.core.progress import run
 
@@ -206,3 +206,161 @@ def test_a_stack_is_read_one_slice_at_a_time_and_each_slice_encoded_once(tmp_pat
     assert sorted(stack.reads) == [0, 1, 2, 3] and encoder.calls == 4
     run(engine.segment_stack(stack, concept, reference_index=2, mode="independent"))
     assert encoder.calls == 4  # second pass: every slice from the cache
+
+
+# ------------------------------------------- a cache never serves a wrong embedding
+def _chunk_file(entry: Path) -> Path:
+    """The one data chunk of an entry (zarr 3: c/0/0/0/0; zarr 2: 0.0.0.0)."""
+    metadata = {"zarr.json", ".zarray", ".zattrs", ".zgroup"}
+    (chunk,) = [path for path in entry.rglob("*") if path.is_file() and path.name not in metadata]
+    return chunk
+
+
+def _stored(tmp_path, value=1.5):
+    cache = DiskEmbeddingCache(tmp_path)
+    key = ("fingerprint", "digest", "float32")
+    cache.put(key, _embedding(value))
+    return cache, key, cache._entry_path(cache.signature(key))
+
+
+def _random_floats(chunk: Path) -> None:
+    size = chunk.stat().st_size
+    chunk.write_bytes(np.random.default_rng(0).random(size // 4, dtype=np.float32).tobytes())
+
+
+def _nan(chunk: Path) -> None:
+    chunk.write_bytes(np.full(chunk.stat().st_size // 4, np.nan, np.float32).tobytes())
+
+
+def _flip_one_byte(chunk: Path) -> None:
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+
+
+def _remove(chunk: Path) -> None:
+    chunk.unlink()  # zarr fills a missing chunk with zeros
+
+
+@pytest.mark.parametrize("damage", [_random_floats, _nan, _flip_one_byte, _remove])
+def test_a_damaged_entry_is_reported_once_deleted_and_encoded_again(tmp_path, damage):
+    _, key, entry = _stored(tmp_path)
+    damage(_chunk_file(entry))
+    fresh = DiskEmbeddingCache(tmp_path)  # another session: nothing in memory
+    with pytest.warns(CacheWarning, match="was damaged") as caught:
+        assert fresh.get(key) is None
+    assert len(caught) == 1
+    assert not entry.exists() and fresh.entry_count() == 0
+    fresh.put(key, _embedding(1.5))  # the image, encoded again, is stored again
+    again = DiskEmbeddingCache(tmp_path).get(key)
+    torch.testing.assert_close(again.features, torch.full((1, 4, 2, 2), 1.5))
+
+
+def test_an_edited_geometry_is_never_served(tmp_path):
+    import json
+
+    _, key, entry = _stored(tmp_path)
+    metadata = entry / ("zarr.json" if (entry / "zarr.json").exists() else ".zattrs")
+    content = json.loads(metadata.read_text())
+    attributes = content.get("attributes", content)
+    attributes["geometry"]["original_hw"] = [100, 100]
+    metadata.write_text(json.dumps(content))
+    with pytest.warns(CacheWarning, match="checksum"):
+        assert DiskEmbeddingCache(tmp_path).get(key) is None
+
+
+def test_an_engine_gives_the_image_s_own_mask_after_tampering(tmp_path, rng):
+    import json
+
+    image = rng.integers(0, 255, (30, 40), dtype=np.uint8)
+    engine, _ = _counting_engine(tmp_path)
+    mask = np.zeros((30, 40), bool)
+    mask[8:20, 10:24] = True
+    concept = engine.learn(image, mask)
+    (entry,) = DiskEmbeddingCache(tmp_path)._entries()
+    metadata = entry / ("zarr.json" if (entry / "zarr.json").exists() else ".zattrs")
+    content = json.loads(metadata.read_text())
+    content.get("attributes", content)["geometry"]["original_hw"] = [100, 100]
+    metadata.write_text(json.dumps(content))
+    fresh, encoder = _counting_engine(tmp_path)
+    with pytest.warns(CacheWarning):
+        result = fresh.segment(image, concept)
+    assert result.mask.shape == (30, 40) and encoder.calls == 1
+
+
+def test_a_kill_during_eviction_leaves_no_entry_without_its_data(tmp_path):
+    first = DiskEmbeddingCache(tmp_path)
+    first.put(("m", "old", "float32"), _embedding(1.0))
+    size = first.size_bytes()
+    script = textwrap.dedent(
+        f"""
+        import os, shutil, torch
+        from pathlib import Path
+        from napari_persam.core.io import disk_cache
+        from napari_persam.core.engine.embeddings import ImageEmbedding
+        from napari_persam.core.engine.geometry import SamGeometry
+
+        def delete_chunk_then_die(path, *args, **kwargs):
+            for file in sorted(Path(path).rglob("*")):
+                if file.is_file() and file.name not in ("zarr.json", ".zarray", ".zattrs"):
+                    file.unlink()  # the chunk goes first...
+                    os._exit(9)  # ...and the process is killed before the metadata
+
+        disk_cache.shutil.rmtree = delete_chunk_then_die
+        cache = disk_cache.DiskEmbeddingCache({str(tmp_path)!r}, max_bytes={int(size * 1.5)})
+        geometry = SamGeometry(original_hw=(20, 30), img_size=32, grid_hw=(2, 2))
+        cache.put(("m", "new", "float32"), ImageEmbedding(torch.ones(1, 4, 2, 2), geometry))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    result = subprocess.run([sys.executable, "-c", script], env=env, timeout=120, check=False)
+    assert result.returncode == 9
+    cache = DiskEmbeddingCache(tmp_path)
+    assert cache.get(("m", "old", "float32")) is None  # never zeros from a half-deleted entry
+    new = cache.get(("m", "new", "float32"))
+    torch.testing.assert_close(new.features, torch.ones(1, 4, 2, 2))
+    assert not list((tmp_path / ".evicted").iterdir())  # the leftover was removed
+
+
+def test_an_unwritable_cache_folder_is_warned_about_once_and_not_used(tmp_path, monkeypatch):
+    from napari_persam.core.engine_builder import EngineSpec, LoadedModel
+    from napari_persam.core.io import disk_cache
+    from napari_persam.core.models import build_tiny_sam
+
+    monkeypatch.setattr(disk_cache, "writable_problem", lambda folder: "Permission denied")
+    loaded = LoadedModel(build_tiny_sam(img_size=256), name="tiny", checkpoint_sha256=None)
+    spec = EngineSpec(model="tiny", device="cpu", cache_dir=str(tmp_path / "cache"))
+    with pytest.warns(CacheWarning, match="cannot be written .Permission denied.") as caught:
+        first = loaded.engine(spec)
+        second = loaded.engine(spec)
+    assert len(caught) == 1
+    assert first.cache is loaded.memory and second.cache is loaded.memory
+    image = np.random.default_rng(0).integers(0, 255, (30, 40), dtype=np.uint8)
+    first.embed(image)  # works, in memory only
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
+def test_a_read_only_cache_folder_is_not_used(tmp_path):
+    DiskEmbeddingCache(tmp_path)  # exists, with its .incoming folder
+    for folder in (tmp_path, tmp_path / ".incoming"):
+        folder.chmod(0o500)
+    try:
+        with pytest.raises(ValueError, match="cannot be written"):
+            DiskEmbeddingCache(tmp_path)
+    finally:
+        for folder in (tmp_path, tmp_path / ".incoming"):
+            folder.chmod(0o700)
+
+
+def test_a_write_that_fails_later_is_warned_about_once_and_the_work_goes_on(tmp_path, monkeypatch):
+    cache = DiskEmbeddingCache(tmp_path)
+
+    def full(self, folder, signature, value):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(DiskEmbeddingCache, "_write", full)
+    with pytest.warns(CacheWarning, match="No space left") as caught:
+        cache.put(("m", "a", "float32"), _embedding(1.0))
+        cache.put(("m", "b", "float32"), _embedding(2.0))
+    assert len(caught) == 1 and cache.writes == 0
+    assert not list((tmp_path / ".incoming").iterdir())

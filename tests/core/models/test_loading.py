@@ -6,6 +6,7 @@ import dataclasses
 import io
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,3 +230,27 @@ def test_skip_random_init_is_limited_to_its_thread_and_block():
     assert torch.equal(from_other_thread[0], reference)
     assert torch.equal(seeded_linear(), reference)
     assert torch.all(skipped.bias == 3.0)
+
+
+def test_files_that_are_no_checkpoint_are_named_so_without_torch_s_advice(tmp_path):
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint") as error:
+        read_state_dict(noise)
+    assert "weights_only" not in str(error.value) and "pickled" not in str(error.value)
+    # A pickle-looking start with garbage after it: damaged, not "carries objects".
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(b"\x80\x02" + np.random.default_rng(1).bytes(4096))
+    with pytest.raises(CheckpointError) as error:
+        read_state_dict(damaged)
+    assert "weights_only" not in str(error.value) and "pickled" not in str(error.value)
+
+
+def test_a_pickled_object_is_named_without_torch_s_advice(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"extra": _LeavesAMark(tmp_path / "code-ran")}, path)
+    with pytest.raises(CheckpointError, match="pickled Python objects") as error:
+        read_state_dict(path)
+    message = str(error.value)
+    assert "Unsupported global: GLOBAL io.open" in message
+    assert "weights_only=False" not in message and "Re-running" not in message

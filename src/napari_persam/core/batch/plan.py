@@ -5,7 +5,12 @@ Output layout in the output folder::
     <name>.tif | <name>.png        labels of an image (same name as the input)
     <name>.zarr                    labels of a stack, (Z, H, W), one chunk per slice
     report.json                    per item: status, score, area, time
-    .napari-persam/records/        one JSON record per finished item (for resuming)
+    .napari-persam/records/        one JSON record per item (for resuming)
+
+An image's record is written *before* its label file, saying the output is being
+written, and replaced by the finished record after it: so a label file in the
+folder is always either napari-persam's (with a record) or the user's (never
+replaced), even when a run is killed between the two writes.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from typing import Any
 import numpy as np
 
 from napari_persam.core.batch.report import failure_from
+from napari_persam.core.engine.results import MAX_LABEL_VALUE
 from napari_persam.core.errors import InputError, option
-from napari_persam.core.io.labels import create_label_stack, label_suffix
+from napari_persam.core.io.labels import PNG_MAX_LABEL, create_label_stack, label_suffix
 from napari_persam.core.io.targets import Target, stack_shape
 
 RECORDS_DIR = os.path.join(".napari-persam", "records")
+#: Record status of an output being written (the record comes first, see above).
+WRITING = "writing"
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,8 @@ class WorkItem:
     output : str
         Label file (image) or zarr array (stack).
     record : str
-        JSON record written after the output; it marks the item finished.
+        JSON record of the item: written before an image's output (status
+        ``"writing"``) and after it (``"ok"``); only the latter marks it finished.
     """
 
     target: Target
@@ -57,13 +66,24 @@ class WorkItem:
         return f"{self.target.path}[{self.index}]"
 
     def is_finished(self) -> bool:
-        """Finished by an earlier run: its record and its output both exist.
+        """Finished by an earlier run: its output exists and its record says it is done."""
+        return os.path.exists(self.output) and read_record(self.record).get("status") == "ok"
 
-        The record is written after the output, so an output without one is either
-        a file this tool did not write or the leftover of an interrupted write;
-        :func:`run_item` refuses to overwrite it.
+    def output_is_ours(self) -> bool:
+        """Whether an existing image output was written by this tool (it has a record).
+
+        An output without a record is a file of the user's: it is never replaced.
         """
-        return os.path.isfile(self.record) and os.path.exists(self.output)
+        return os.path.isfile(self.record)
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON record at ``path``, or ``{}`` when it is missing or unreadable."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -86,10 +106,47 @@ class SegmentOptions:
 
 
 def output_dtype(label_values: Iterable[int], options: SegmentOptions) -> np.dtype:
-    """Label dtype: int32 for instances, else the smallest unsigned type for the label values."""
+    """Label dtype: int32 for instances, else the smallest type that holds the label values.
+
+    uint8 up to 255, uint16 up to 65535, int32 above (up to
+    :data:`~napari_persam.core.engine.results.MAX_LABEL_VALUE`).
+
+    Raises
+    ------
+    InputError
+        For a label value outside 1 .. MAX_LABEL_VALUE.
+    """
+    values = [int(value) for value in label_values]
+    bad = [value for value in values if not 1 <= value <= MAX_LABEL_VALUE]
+    if bad:
+        raise InputError(
+            f"Label value(s) {bad} cannot be painted: label values are 1 to {MAX_LABEL_VALUE} "
+            f"(0 is background). Choose {option('label_value')}."
+        )
     if options.instances:
         return np.dtype(np.int32)
-    return np.dtype(np.uint8 if max(label_values) <= 255 else np.uint16)
+    top = max(values)
+    return np.dtype(np.uint8 if top <= 255 else np.uint16 if top <= PNG_MAX_LABEL else np.int32)
+
+
+def check_output_formats(
+    items: Sequence[WorkItem], dtype: np.dtype, *, options: SegmentOptions
+) -> None:
+    """Refuse, before any work, label values that an item's output format cannot hold.
+
+    PNG holds 16 bits: label values above 65535 need TIFF (or zarr) outputs.
+    Instance ids go into PNGs as uint16 (see
+    :func:`~napari_persam.core.io.labels.write_labels`).
+    """
+    if options.instances or np.dtype(dtype).itemsize <= 2:
+        return
+    pngs = [item.target.path for item in items if item.output.lower().endswith(".png")]
+    if pngs:
+        raise InputError(
+            f"Label values above {PNG_MAX_LABEL} need 32-bit label images, but the outputs of "
+            f"{len(pngs)} input(s) (e.g. {pngs[0]!r}) are PNGs, which hold 16 bits. Choose "
+            f"{option('label_value')} of at most {PNG_MAX_LABEL}, or give those images as TIFFs."
+        )
 
 
 def plan_items(
@@ -100,23 +157,28 @@ def plan_items(
 ) -> tuple[list[WorkItem], list[dict[str, Any]]]:
     """Work items for ``targets`` and failure records for inputs that cannot be planned.
 
-    Writes nothing (see :func:`prepare_outputs`). Output names must be unique and
-    must not be an input: both raise ValueError (a bad argument).
+    Writes nothing (see :func:`prepare_outputs`). Output names must be unique, and
+    the output folder must hold no inputs (outputs would lie beside them and be
+    taken for inputs by the next run); both raise an InputError (a bad argument).
+    Outputs of an earlier run into the same folder, found again by a folder or a
+    glob target, are not inputs: they are left out.
     """
     out = Path(out_dir)
     records = out / RECORDS_DIR
-    inputs = {os.path.abspath(target.path) for target in targets}
     seen: dict[str, str] = {}
     items: list[WorkItem] = []
     failures: list[dict[str, Any]] = []
     for target in targets:
+        if _in_folder(target.path, out):
+            if _is_our_output(target.path, records):
+                continue
+            raise InputError(
+                f"The input {target.path!r} is in the output folder {str(out)!r}: the labels "
+                "would be written beside the inputs and taken for inputs by the next run. "
+                f"Choose {option('out')} (a folder that holds no inputs)."
+            )
         suffix = ".zarr" if target.is_stack else label_suffix(target.path)
         output = str(out / f"{target.name}{suffix}")
-        if os.path.abspath(output) in inputs:
-            raise InputError(
-                f"The output for {target.path!r} would overwrite the input {output!r}; "
-                f"choose {option('out')} that holds no inputs."
-            )
         if output in seen:
             raise InputError(
                 f"{seen[output]!r} and {target.path!r} would both be written to {output!r}; "
@@ -140,6 +202,18 @@ def plan_items(
             record = str(records / f"{target.name}.zarr" / f"{index}.json")
             items.append(WorkItem(target, index, output, record))
     return items, failures
+
+
+def _in_folder(path: str, folder: Path) -> bool:
+    """Whether ``path`` lies directly in ``folder`` (links resolved)."""
+    parent = Path(os.path.realpath(path.rstrip("/\\"))).parent
+    return parent == Path(os.path.realpath(folder))
+
+
+def _is_our_output(path: str, records: Path) -> bool:
+    """Whether ``path`` (in the output folder) is an output this tool recorded."""
+    name = Path(path.rstrip("/\\")).name
+    return (records / f"{name}.json").is_file() or (records / name).is_dir()
 
 
 def prepare_outputs(
@@ -189,12 +263,7 @@ def remove_partial_files(out_dir: Path) -> None:
 
 def skipped_record(item: WorkItem) -> dict[str, Any]:
     """The record of an item finished by an earlier run (its old numbers when known)."""
-    previous: dict[str, Any] = {}
-    if os.path.isfile(item.record):
-        try:
-            previous = json.loads(Path(item.record).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            previous = {}
+    previous = read_record(item.record)
     record = {
         "input": item.target.path,
         "slice": item.index,

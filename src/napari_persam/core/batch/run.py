@@ -2,9 +2,10 @@
 
 The same :func:`run_item` runs in the command line's own process and on Dask
 workers, so both give identical files. Each task reads its own input (one image
-or one slice), writes its own output and then a small record; a task whose
-output (images) or record (slices) exists is skipped when a run is repeated, so
-an interrupted run resumes where it stopped.
+or one slice), writes its own output and a small record (for an image, one saying
+the output is being written before it and the finished one after it); a task
+whose finished record and output exist is skipped when a run is repeated, so an
+interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_persam.core.batch.plan import SegmentOptions, WorkItem, failure_record, skipped_record
+from napari_persam.core.batch.plan import (
+    WRITING,
+    SegmentOptions,
+    WorkItem,
+    failure_record,
+    skipped_record,
+)
 from napari_persam.core.engine.concepts import Concept, combine_concepts
 from napari_persam.core.engine.results import label_image, result_score
 from napari_persam.core.errors import InputError, option
@@ -46,10 +53,10 @@ def run_item(
     start = time.perf_counter()
     if options.propagate and item.target.is_stack:
         return _run_stack(engine, concepts, item, options=options, dtype=dtype, start=start)
-    if not item.target.is_stack and os.path.exists(item.output):
+    if not item.target.is_stack and os.path.exists(item.output) and not item.output_is_ours():
         raise InputError(
-            f"{item.output!r} already exists and no record says this tool wrote it (or its run "
-            f"was interrupted); it is not overwritten. Move it away or choose {option('out')}."
+            f"{item.output!r} already exists and no record says this tool wrote it; it is not "
+            f"overwritten. Move it away or choose {option('out')}."
         )
     if item.index is None:
         image = read_image(item.target.path)
@@ -62,6 +69,10 @@ def run_item(
         result = engine.segment(image, concept)
     labels = label_image(result, value=value).astype(dtype, copy=False)
     if item.index is None:
+        # The record first: a kill after the label file is renamed into place, before
+        # the finished record, leaves a file the next run knows to be its own.
+        write_json(item.record, {"input": item.target.path, "output": item.output,
+                                 "status": WRITING})  # fmt: skip
         write_labels(item.output, labels)
     else:
         write_label_slice(item.output, item.index, labels)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_persam.core.engine.geometry import SamGeometry
+if TYPE_CHECKING:  # pragma: no cover
+    # Only an annotation: concepts (and reading concept files) need no torch.
+    from napari_persam.core.engine.geometry import SamGeometry
 
 
 @dataclass(frozen=True, eq=False)

@@ -37,6 +37,7 @@ from napari_persam.core.engine.images import prepare_image, prepare_mask
 from napari_persam.core.engine.instances import find_instances, merge_class_instances
 from napari_persam.core.engine.prompting import Prompter, cosine_similarity_grid
 from napari_persam.core.engine.results import (
+    MAX_LABEL_VALUE,
     Instances,
     LabelSegmentation,
     Segmentation,
@@ -217,6 +218,13 @@ class PerSAM:
             raise ValueError("learn_classes() needs at least one (image, labels) pair.")
         present = sorted({int(v) for _, lab in pairs for v in np.unique(np.asarray(lab)) if v != 0})
         wanted = present if values is None else [int(v) for v in values]
+        unusable = [v for v in wanted if not 1 <= v <= MAX_LABEL_VALUE]
+        if unusable:
+            # Checked here, not when segmenting: results are int32 label images.
+            raise ValueError(
+                f"Label value(s) {unusable} cannot be learned: label values are 1 to "
+                f"{MAX_LABEL_VALUE} (0 is background; label images are 32-bit)."
+            )
         missing = [v for v in wanted if v not in present]
         if not wanted or missing:
             raise ValueError(

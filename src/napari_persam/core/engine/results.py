@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: The largest label value a result can be painted with: label images are int32.
+MAX_LABEL_VALUE = int(np.iinfo(np.int32).max)
+
 
 @dataclass(frozen=True, eq=False)
 class Segmentation:
@@ -143,6 +146,10 @@ def label_image(result: Result, *, value: int = 1) -> np.ndarray:
     ids already (``value`` is not used for them).
     """
     if isinstance(result, Segmentation):
+        if not 1 <= int(value) <= MAX_LABEL_VALUE:
+            raise ValueError(
+                f"Label value {value} does not fit a label image: use 1 to {MAX_LABEL_VALUE}."
+            )
         return np.where(result.mask, np.int32(value), np.int32(0))
     if isinstance(result, (LabelSegmentation, Instances)):
         return np.asarray(result.labels, dtype=np.int32)

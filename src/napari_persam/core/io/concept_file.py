@@ -12,35 +12,60 @@ A concept file never holds pickled objects, so loading one cannot run code
     The ndarray fields of class ``i``'s :class:`Concept` (``target_embedding``
     (C,) float32, ``mask_weights`` (3,) float32 when fine-tuned, ...).
 
-New ndarray or scalar fields of :class:`Concept` (for example per-shot
-embeddings) are stored by the same rule without a format change; the reference
-images (``Concept.shots``) are not stored, so a loaded concept cannot be
-fine-tuned again.
+Which Concept fields are stored, and what makes each valid, is the table of
+:mod:`.concept_schema`; reading checks the whole file against it and against the
+metadata layout here, so any defect is answered with one message, "... is not a
+valid concept file: <what>", before the concept is used. The reference images
+(``Concept.shots``) are not stored, so a loaded concept cannot be fine-tuned again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
-import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_persam import __version__
-from napari_persam.core.config import PerSAMConfig, config_from_dict, config_to_dict
+from napari_persam.core.config import PerSAMConfig, config_from_dict
 from napari_persam.core.engine.concepts import Concept
+from napari_persam.core.errors import InputError, option
+from napari_persam.core.io.concept_save import concepts_to_bytes, save_concept, save_concepts
+from napari_persam.core.io.concept_schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    SHA256_PATTERN,
+    SchemaError,
+    check_fields,
+    check_label_value,
+)
+from napari_persam.core.models.registry import MODEL_REGISTRY
 
-FORMAT_NAME = "napari-persam concept"
-FORMAT_VERSION = 1
-METADATA_KEY = "metadata"
-#: Concept fields never written: the reference images are large and may be private.
-_NOT_SAVED = frozenset({"shots"})
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ConceptFile",
+    "ConceptFileError",
+    "concept_file_from_bytes",
+    "concepts_to_bytes",
+    "is_concept_file",
+    "load_concept",
+    "read_concept_file",
+    "save_concept",
+    "save_concepts",
+]
+
+_ADVICE = (
+    "Save concepts with `napari-persam learn`, the widget's 'export concept' or save_concept()."
+)
+
+
+class ConceptFileError(InputError):
+    """A file that is not a usable concept file; the message says what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +100,30 @@ class ConceptFile:
     @property
     def label_values(self) -> list[int]:
         return list(self.concepts)
+
+    @property
+    def embedding_channels(self) -> int:
+        """Length of the concepts' embeddings (the model's channels)."""
+        return int(next(iter(self.concepts.values())).target_embedding.shape[0])
+
+    def check_model_name(self, model_name: str, *, source: str = "the concept file") -> None:
+        """Raise a ValueError when the file names another model than ``model_name``.
+
+        Needs no model: call it before loading (or downloading) one.
+        """
+        spec = MODEL_REGISTRY.get(model_name)
+        if self.model_name and model_name and self.model_name != model_name:
+            raise InputError(
+                f"{source} was learned with model {self.model_name!r}, not with "
+                f"{model_name!r}. Use {option('model')} {self.model_name!r} (and its "
+                "checkpoint), or learn the concept again with this model."
+            )
+        if spec is not None and spec.embedding_channels != self.embedding_channels:
+            raise InputError(
+                f"{source} holds {self.embedding_channels}-channel embeddings, but model "
+                f"{model_name!r} makes {spec.embedding_channels}-channel ones; use the model "
+                "it was learned with, or learn the concept again with this model."
+            )
 
     def check_model(
         self,
@@ -129,129 +178,6 @@ def _describe(name: str, fingerprint: str, sha256: str | None) -> str:
     return text + "]"
 
 
-# --------------------------------------------------------------------------- saving
-def save_concept(
-    concept: Concept,
-    path: str | os.PathLike,
-    *,
-    config: PerSAMConfig | None = None,
-    checkpoint_sha256: str | None = None,
-    label_value: int = 1,
-) -> Path:
-    """Write one concept to ``path`` (``.npz``; the suffix is added when missing).
-
-    Parameters
-    ----------
-    concept : Concept
-        From :meth:`PerSAM.learn` or :meth:`PerSAM.finetune`.
-    path : path
-        Target file. Written atomically: an interrupted save leaves any older file
-        at ``path`` intact.
-    config : PerSAMConfig, optional
-        The engine options it was learned with, recorded for reuse.
-    checkpoint_sha256 : str, optional
-        SHA-256 of the checkpoint file of the model.
-    label_value : int
-        Label value the concept paints in outputs.
-
-    Returns
-    -------
-    Path
-        The file written.
-    """
-    return save_concepts(
-        {label_value: concept}, path, config=config, checkpoint_sha256=checkpoint_sha256
-    )
-
-
-def save_concepts(
-    concepts: Mapping[int, Concept],
-    path: str | os.PathLike,
-    *,
-    config: PerSAMConfig | None = None,
-    checkpoint_sha256: str | None = None,
-) -> Path:
-    """Write several concepts (one per label value, same model) to one file.
-
-    See :func:`save_concept` for the parameters.
-    """
-    target = Path(path)
-    if target.suffix != ".npz":
-        target = target.with_name(target.name + ".npz")
-    payload = concepts_to_bytes(concepts, config=config, checkpoint_sha256=checkpoint_sha256)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def concepts_to_bytes(
-    concepts: Mapping[int, Concept],
-    *,
-    config: PerSAMConfig | None = None,
-    checkpoint_sha256: str | None = None,
-) -> bytes:
-    """The bytes of a concept file (used to send concepts to Dask workers as data)."""
-    if not concepts:
-        raise ValueError("Nothing to save: no concept given.")
-    items = [(int(value), concept) for value, concept in concepts.items()]
-    if len({value for value, _ in items}) != len(items):
-        raise ValueError("Label values of the concepts must be distinct.")
-    first = items[0][1]
-    for value, concept in items:
-        if not isinstance(concept, Concept):
-            raise TypeError(f"Label {value}: expected a Concept, got {type(concept).__name__}.")
-        if concept.model_fingerprint != first.model_fingerprint:
-            raise ValueError(
-                f"The concept of label {value} was learned with another model than the "
-                f"concept of label {items[0][0]}; one file holds concepts of one model."
-            )
-    arrays: dict[str, np.ndarray] = {}
-    classes = []
-    for index, (value, concept) in enumerate(items):
-        entry: dict[str, Any] = {"label_value": value, "arrays": {}, "fields": {}}
-        for field in dataclasses.fields(concept):
-            if field.name in _NOT_SAVED or field.name in ("model_fingerprint", "model_name"):
-                continue
-            content = getattr(concept, field.name)
-            if isinstance(content, np.ndarray):
-                key = f"class_{index}/{field.name}"
-                arrays[key] = np.ascontiguousarray(content)
-                entry["arrays"][field.name] = key
-            elif content is None or isinstance(content, (str, int, float, bool)):
-                entry["fields"][field.name] = content
-            else:
-                raise TypeError(
-                    f"Concept field {field.name!r} of type {type(content).__name__} has no "
-                    "file representation; extend napari_persam.core.io.concept_file."
-                )
-        entry["num_shots"] = len(concept.shots)
-        classes.append(entry)
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "package_version": __version__,
-        "model": {
-            "name": first.model_name,
-            "fingerprint": first.model_fingerprint,
-            "checkpoint_sha256": checkpoint_sha256,
-        },
-        "config": None if config is None else config_to_dict(config),
-        "label_values": [value for value, _ in items],
-        "classes": classes,
-    }
-    arrays[METADATA_KEY] = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
 # -------------------------------------------------------------------------- loading
 def load_concept(path: str | os.PathLike) -> Concept:
     """The concept in a file of one concept (see :func:`read_concept_file` for all)."""
@@ -271,71 +197,206 @@ def read_concept_file(path: str | os.PathLike) -> ConceptFile:
     ------
     FileNotFoundError
         If ``path`` does not exist.
-    ValueError
-        If the file is not a concept file, is damaged, or was written by a newer
-        napari-persam (the message says which).
+    ConceptFileError
+        (a ValueError) If ``path`` is a folder, the file is not a valid concept
+        file (damaged, edited, another kind of file), or was written by a newer
+        napari-persam; the message says which.
     """
     source = os.fspath(path)
+    if os.path.isdir(source):
+        raise ConceptFileError(f"{source!r} is a folder, not a concept file (.npz).")
     if not os.path.isfile(source):
         raise FileNotFoundError(f"Concept file {source!r} does not exist.")
     with open(source, "rb") as stream:
         return concept_file_from_bytes(stream.read(), source=repr(source))
 
 
+def is_concept_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a readable concept file (so replacing it loses no other work)."""
+    try:
+        read_concept_file(path)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def concept_file_from_bytes(payload: bytes, *, source: str = "the concept data") -> ConceptFile:
-    """Parse the bytes of a concept file; ``source`` names it in error messages."""
+    """Parse and check the bytes of a concept file; ``source`` names it in messages.
+
+    Raises
+    ------
+    ConceptFileError
+        For anything that is not a valid concept file of a version this package
+        reads, saying what is wrong.
+    """
+    members = _members(payload, source)
+    metadata = _metadata(members.pop(METADATA_KEY, None), source)
+    reader = _MetadataReader(metadata, source)
+    return reader.concept_file(members)
+
+
+def _invalid(source: str, what: str) -> ConceptFileError:
+    return ConceptFileError(f"{source} is not a valid concept file: {what}. {_ADVICE}")
+
+
+def _members(payload: bytes, source: str) -> dict[str, Any]:
     try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except Exception as error:  # zipfile, ValueError (pickled content), OSError...
-        raise ValueError(
-            f"{source} is not a readable napari-persam concept file ({error}). "
-            "Save concepts with napari-persam learn or save_concept()."
-        ) from error
-    if METADATA_KEY not in arrays:
-        raise ValueError(f"{source} is an .npz file but not a napari-persam concept file.")
+        archive = np.load(io.BytesIO(payload), allow_pickle=False)
+    except Exception as error:  # zipfile, ValueError (pickled file), OSError...
+        raise _invalid(source, f"it is not an .npz archive ({_first_line(error)})") from error
+    if not hasattr(archive, "files"):
+        raise _invalid(source, "it is a single .npy array, not an .npz archive")
+    members: dict[str, Any] = {}
+    with archive:
+        for key in archive.files:
+            try:
+                members[key] = archive[key]
+            except ValueError as error:  # object arrays need pickle: never loaded
+                raise _invalid(
+                    source, f"its member {key!r} holds pickled Python objects ({error})"
+                ) from error
+            except Exception as error:  # a damaged member (bad CRC, truncated)
+                what = f"its member {key!r} is damaged ({_first_line(error)})"
+                raise _invalid(source, what) from error
+    return members
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _metadata(member: Any, source: str) -> dict[str, Any]:
+    if member is None:
+        raise _invalid(source, f"it has no {METADATA_KEY!r} entry (an .npz file of other data)")
+    # A member that is not a .npy array comes back as bytes; the metadata is uint8 text.
+    if not isinstance(member, np.ndarray) or member.dtype != np.uint8 or member.ndim != 1:
+        raise _invalid(source, f"its {METADATA_KEY!r} entry is not UTF-8 JSON text")
     try:
-        metadata = json.loads(arrays.pop(METADATA_KEY).tobytes().decode("utf-8"))
+        metadata = json.loads(member.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{source}: the concept metadata is damaged ({error}).") from error
-    if metadata.get("format") != FORMAT_NAME:
-        raise ValueError(f"{source} is not a napari-persam concept file.")
-    version = int(metadata.get("format_version", 0))
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"{source} uses concept format version {version}, written by napari-persam "
-            f"{metadata.get('package_version', '?')}; this napari-persam ({__version__}) reads "
-            f"up to version {FORMAT_VERSION}. Upgrade napari-persam."
-        )
-    model = metadata["model"]
-    known = {field.name for field in dataclasses.fields(Concept)}
-    concepts: dict[int, Concept] = {}
-    for entry in metadata["classes"]:
-        values: dict[str, Any] = {
-            "model_fingerprint": model["fingerprint"],
-            "model_name": model.get("name", ""),
-        }
-        for name, key in entry["arrays"].items():
-            if key not in arrays:
-                raise ValueError(f"{source} is damaged: array {key!r} is missing.")
-            values[name] = arrays[key]
-        values.update(entry["fields"])
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(
-                f"{source} has concept fields {sorted(unknown)} this napari-persam does not "
-                "know; upgrade napari-persam."
+        raise _invalid(source, f"its metadata is damaged ({error})") from error
+    if not isinstance(metadata, dict):
+        raise _invalid(source, f"its metadata is a JSON {type(metadata).__name__}, not an object")
+    return metadata
+
+
+_JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a whole number"}
+
+
+class _MetadataReader:
+    """Reads the metadata JSON entry by entry; every defect is a ConceptFileError."""
+
+    def __init__(self, metadata: dict[str, Any], source: str) -> None:
+        self.metadata = metadata
+        self.source = source
+
+    def invalid(self, what: str) -> ConceptFileError:
+        return _invalid(self.source, what)
+
+    def get(self, mapping: dict[str, Any], key: str, kind: type, where: str, **default: Any) -> Any:
+        """``mapping[key]``, which must be of ``kind`` (``default=`` makes it optional)."""
+        if key not in mapping or (mapping[key] is None and "default" in default):
+            if "default" in default:
+                return default["default"]
+            raise self.invalid(f"{where} has no {key!r}")
+        value = mapping[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.invalid(
+                f"{where}'s {key!r} is {value!r}; it must be {_JSON_TYPES.get(kind, kind.__name__)}"
             )
-        concepts[int(entry["label_value"])] = Concept(**values)
-    config = None
-    if metadata.get("config") is not None:
-        config = config_from_dict(metadata["config"])
-    return ConceptFile(
-        concepts=concepts,
-        model_name=model.get("name", ""),
-        model_fingerprint=model["fingerprint"],
-        checkpoint_sha256=model.get("checkpoint_sha256"),
-        config=config,
-        package_version=str(metadata.get("package_version", "")),
-        format_version=version,
-    )
+        return value
+
+    def concept_file(self, members: dict[str, Any]) -> ConceptFile:
+        meta = self.metadata
+        name = meta.get("format")
+        if name != FORMAT_NAME:
+            raise self.invalid(f"its format is {name!r}, not {FORMAT_NAME!r}")
+        version = self.get(meta, "format_version", int, "the metadata")
+        package = self.get(meta, "package_version", str, "the metadata", default="")
+        if version < 1:
+            raise self.invalid(f"its format version is {version}")
+        if version > FORMAT_VERSION:
+            raise ConceptFileError(
+                f"{self.source} uses concept format version {version}, written by "
+                f"napari-persam {package or '?'}; this napari-persam ({__version__}) reads up "
+                f"to version {FORMAT_VERSION}. Upgrade napari-persam."
+            )
+        model = self.get(meta, "model", dict, "the metadata")
+        fingerprint = self.get(model, "fingerprint", str, "the model entry")
+        if not fingerprint:
+            raise self.invalid("the model entry's 'fingerprint' is empty")
+        model_name = self.get(model, "name", str, "the model entry", default="")
+        sha256 = self.get(model, "checkpoint_sha256", str, "the model entry", default=None)
+        if sha256 is not None and not SHA256_PATTERN.match(sha256):
+            raise self.invalid(f"its checkpoint SHA-256 {sha256!r} is not 64 hex digits")
+        config = None
+        if meta.get("config") is not None:
+            try:
+                config = config_from_dict(self.get(meta, "config", dict, "the metadata"))
+            except ValueError as error:
+                raise self.invalid(f"its engine options are wrong: {error}") from error
+        spec = MODEL_REGISTRY.get(model_name)
+        channels = spec.embedding_channels if spec is not None else None
+        concepts = self.concepts(members, fingerprint, model_name, channels)
+        return ConceptFile(
+            concepts=concepts,
+            model_name=model_name,
+            model_fingerprint=fingerprint,
+            checkpoint_sha256=sha256,
+            config=config,
+            package_version=package,
+            format_version=version,
+        )
+
+    def concepts(
+        self, members: dict[str, Any], fingerprint: str, model_name: str, channels: int | None
+    ) -> dict[int, Concept]:
+        values = self.get(self.metadata, "label_values", list, "the metadata")
+        classes = self.get(self.metadata, "classes", list, "the metadata")
+        if not classes:
+            raise self.invalid("it holds no concept")
+        if len(values) != len(classes):
+            raise self.invalid(f"it lists {len(values)} label values for {len(classes)} classes")
+        used: set[str] = set()
+        concepts: dict[int, Concept] = {}
+        for index, (listed, entry) in enumerate(zip(values, classes)):
+            where = f"class {index}"
+            if not isinstance(entry, dict):
+                raise self.invalid(f"{where} is {entry!r}, not an object")
+            value = self.label_value(entry, listed, where)
+            if value in concepts:
+                raise self.invalid(f"label value {value} appears twice")
+            names = self.get(entry, "arrays", dict, where)
+            scalars = self.get(entry, "fields", dict, where, default={})
+            self.get(entry, "num_shots", int, where, default=0)
+            arrays = {}
+            for field, key in names.items():
+                if not isinstance(key, str) or key == METADATA_KEY or key not in members:
+                    raise self.invalid(f"{where}'s array {field!r} ({key!r}) is missing")
+                if key in used:
+                    raise self.invalid(f"array {key!r} is used twice")
+                used.add(key)
+                arrays[field] = members[key]
+            try:
+                checked = check_fields(arrays, scalars, channels=channels, model=model_name)
+                concepts[value] = Concept(
+                    model_fingerprint=fingerprint, model_name=model_name, **checked
+                )
+            except (SchemaError, ValueError, TypeError) as error:
+                raise self.invalid(f"the concept of label value {value}: {error}") from error
+        unused = sorted(set(members) - used)
+        if unused:
+            raise self.invalid(f"its member(s) {unused} belong to no concept")
+        return concepts
+
+    def label_value(self, entry: dict[str, Any], listed: Any, where: str) -> int:
+        value = entry.get("label_value")
+        try:
+            value = check_label_value(value)
+            check_label_value(listed)
+        except SchemaError as error:
+            raise self.invalid(f"{where}: {error}") from error
+        if value != listed:
+            raise self.invalid(f"{where} has label value {value} but the list says {listed}")
+        return value

@@ -7,8 +7,10 @@ same data) reads the features instead of encoding again.
 Layout under the cache folder::
 
     <root>/<signature[:2]>/<signature>/   zarr array (1, C, gh, gw) float32, one chunk;
-                                          attributes: the signature's parts, the geometry
+                                          attributes: the signature's parts, the
+                                          geometry, a checksum of all of it
     <root>/.incoming/                     entries being written (never read)
+    <root>/.evicted/                      entries being deleted (never read)
 
 An entry's name is the SHA-256 of its signature: the engine's key (model
 fingerprint, content hash of the prepared RGB image, encoder dtype), the
@@ -17,10 +19,20 @@ reflects the channel choice and the model fingerprint the architecture
 (``img_size``), so a changed image, model or preprocessing never reuses an entry;
 the stored signature is compared again on every read.
 
-Writes go to ``.incoming/`` and are renamed into place when complete, so a
-killed run leaves no half-written entry under a readable name. The folder is
-kept under ``max_bytes`` by deleting the least recently used entries (an entry's
-directory modification time is its last use).
+A cache must never serve wrong data. Each entry stores a BLAKE2b checksum of its
+signature, geometry and feature bytes, verified on every read; an entry that
+fails (a flipped byte, edited attributes, a missing chunk that zarr would fill
+with zeros) is reported once as a :class:`CacheWarning`, deleted, and the image is
+encoded again. Writes go to ``.incoming/`` and are renamed into place when
+complete, and eviction renames an entry out to ``.evicted/`` before deleting it,
+so a killed run never leaves a half-written or half-deleted entry under a
+readable name. The folder is kept under ``max_bytes`` by evicting the least
+recently used entries (an entry's directory modification time is its last use).
+
+A folder that cannot be written raises :class:`CacheUnavailable` when the cache is
+made (the engine builder then warns once and runs without the disk cache); a
+write that fails later (disk full) is warned about once and writing stops, while
+the run goes on.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import shutil
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,14 +53,28 @@ import numpy as np
 from napari_persam import __version__
 from napari_persam.core.engine.embeddings import EmbeddingCache, ImageEmbedding
 from napari_persam.core.engine.geometry import SamGeometry
-from napari_persam.core.paths import embeddings_dir
+from napari_persam.core.errors import PerSAMWarning
+from napari_persam.core.io.folders import writable_problem
+from napari_persam.core.paths import CACHE_ENV, embeddings_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-CACHE_FORMAT_VERSION = 1
+#: 2: entries carry a checksum (version 1 entries have another name and are never read).
+CACHE_FORMAT_VERSION = 2
 DEFAULT_MAX_BYTES = 4 * 1024**3
 _INCOMING = ".incoming"
+_EVICTED = ".evicted"
+
+
+class CacheWarning(PerSAMWarning):
+    """Something about the disk cache the user should know; the run goes on."""
+
+
+class CacheUnavailable(ValueError):
+    """The cache folder cannot be used (not writable, not a folder); the message says why."""
+
+
 # Leftovers of killed writers are removed after this long (a live writer needs seconds).
 _STALE_INCOMING_S = 3600.0
 
@@ -96,14 +123,18 @@ class DiskEmbeddingCache:
         self.misses = 0
         self.writes = 0
         self._lock = threading.Lock()
+        self._writing = True
         try:
             (self.root / _INCOMING).mkdir(parents=True, exist_ok=True)
+            problem = writable_problem(self.root / _INCOMING)
         except OSError as error:
-            raise ValueError(
-                f"Cannot use {str(self.root)!r} as the embedding cache folder ({error}); "
-                "name a writable folder."
-            ) from error
-        self._remove_stale_incoming()
+            problem = error.strerror or str(error)
+        if problem:
+            raise CacheUnavailable(
+                f"The embedding cache folder {self.root} cannot be written ({problem}). "
+                f"Set {CACHE_ENV} to a folder you can write to."
+            )
+        self._remove_leftovers()
 
     # ---------------------------------------------------------------- interface
     def get(self, key: tuple) -> ImageEmbedding | None:
@@ -129,6 +160,8 @@ class DiskEmbeddingCache:
         """Store ``value`` under ``key`` (atomically; an existing entry is kept)."""
         if self.memory is not None:
             self.memory.put(key, value)
+        if not self._writing:
+            return
         signature = self.signature(key)
         entry = self._entry_path(signature)
         if entry.exists():
@@ -144,6 +177,17 @@ class DiskEmbeddingCache:
                 # Another process committed the same entry first; its copy is as good.
                 if not entry.exists():
                     raise
+        except OSError as error:
+            # Disk full, folder made read-only meanwhile: the image was encoded, so the
+            # run goes on; it is said once, and nothing more is written.
+            self._writing = False
+            warnings.warn(
+                f"Could not write to the embedding cache {self.root} "
+                f"({error.strerror or error}); going on without storing embeddings there.",
+                CacheWarning,
+                stacklevel=2,
+            )
+            return
         finally:
             if incoming.exists():
                 shutil.rmtree(incoming, ignore_errors=True)
@@ -175,16 +219,31 @@ class DiskEmbeddingCache:
         for _, size, entry in sorted(entries, key=lambda item: item[0]):
             if total <= self.max_bytes:
                 break
-            shutil.rmtree(entry, ignore_errors=True)
+            self._delete(entry)
             total -= size
             removed.append(entry)
         return removed
 
     def clear(self) -> None:
         for entry in self._entries():
-            shutil.rmtree(entry, ignore_errors=True)
+            self._delete(entry)
         if self.memory is not None:
             self.memory.clear()
+
+    def _delete(self, entry: Path) -> None:
+        """Rename ``entry`` out of the readable names, then delete it.
+
+        A kill between the two steps leaves a whole entry in ``.evicted/`` (removed
+        by the next cache made here), never part of one under its own name.
+        """
+        graveyard = self.root / _EVICTED
+        target = graveyard / f"{entry.name}-{uuid.uuid4().hex}"
+        try:
+            graveyard.mkdir(exist_ok=True)
+            os.replace(entry, target)
+        except OSError:
+            return  # gone already (another process evicted it), or not ours to delete
+        shutil.rmtree(target, ignore_errors=True)
 
     def _entry_path(self, signature: dict[str, Any]) -> Path:
         digest = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()
@@ -194,7 +253,7 @@ class DiskEmbeddingCache:
         return [
             entry
             for shard in self.root.iterdir()
-            if shard.is_dir() and shard.name != _INCOMING
+            if shard.is_dir() and shard.name not in (_INCOMING, _EVICTED)
             for entry in shard.iterdir()
             if entry.is_dir()
         ]
@@ -202,8 +261,8 @@ class DiskEmbeddingCache:
     def _write(self, folder: Path, signature: dict[str, Any], value: ImageEmbedding) -> None:
         from napari_persam.core.io.zarr_arrays import create_array
 
-        features = value.features.detach().float().cpu().numpy()
-        geometry = value.geometry
+        features = np.ascontiguousarray(value.features.detach().float().cpu().numpy())
+        geometry = _geometry_fields(value.geometry)
         array = create_array(
             str(folder),
             shape=features.shape,
@@ -212,11 +271,8 @@ class DiskEmbeddingCache:
             compress=False,  # float features barely compress; decoding would cost time
             attributes={
                 "signature": signature,
-                "geometry": {
-                    "original_hw": list(geometry.original_hw),
-                    "img_size": geometry.img_size,
-                    "grid_hw": list(geometry.grid_hw),
-                },
+                "geometry": geometry,
+                "checksum": checksum(signature, geometry, features),
             },
         )
         array[...] = features
@@ -231,31 +287,72 @@ class DiskEmbeddingCache:
             array = zarr.open_array(str(entry), mode="r")
             attributes = dict(array.attrs)
             if attributes.get("signature") != signature:
-                return None  # not the entry it claims to be; never reuse it
+                # Not the entry its name says (edited, or moved by hand): never reused,
+                # and deleted so the right one can be written under this name.
+                self._discard(entry, "it is stored under another entry's name")
+                return None
+            features = np.ascontiguousarray(array[...], dtype=np.float32)
             geometry_fields = attributes["geometry"]
-            geometry = SamGeometry(
-                original_hw=tuple(int(v) for v in geometry_fields["original_hw"]),
-                img_size=int(geometry_fields["img_size"]),
-                grid_hw=tuple(int(v) for v in geometry_fields["grid_hw"]),
-            )
-            features = np.asarray(array[...], dtype=np.float32)
-        except Exception:  # damaged entry (disk full, manual edits): encode again
-            shutil.rmtree(entry, ignore_errors=True)
-            return None
-        if features.ndim != 4 or tuple(features.shape[-2:]) != geometry.grid_hw:
-            shutil.rmtree(entry, ignore_errors=True)
+            stored = attributes["checksum"]
+            problem = ""
+            if checksum(signature, geometry_fields, features) != stored:
+                problem = "its data do not match their checksum"
+            else:
+                geometry = SamGeometry(
+                    original_hw=tuple(int(v) for v in geometry_fields["original_hw"]),
+                    img_size=int(geometry_fields["img_size"]),
+                    grid_hw=tuple(int(v) for v in geometry_fields["grid_hw"]),
+                )
+                if features.ndim != 4 or tuple(features.shape[-2:]) != geometry.grid_hw:
+                    problem = f"its features {features.shape} do not fit its geometry"
+        except Exception as error:  # damaged entry (disk full, manual edits)
+            problem = f"it cannot be read ({type(error).__name__}: {error})"
+        if problem:
+            self._discard(entry, problem)
             return None
         tensor = torch.from_numpy(features).to(self.device)
         return ImageEmbedding(features=tensor, geometry=geometry)
 
-    def _remove_stale_incoming(self) -> None:
+    def _discard(self, entry: Path, problem: str) -> None:
+        """Report a bad entry once, and delete it (the image is then encoded again)."""
+        warnings.warn(
+            f"Embedding cache entry {entry.name[:16]} in {self.root} was damaged ({problem}); "
+            "it was deleted and the image is encoded again.",
+            CacheWarning,
+            stacklevel=3,
+        )
+        self._delete(entry)
+
+    def _remove_leftovers(self) -> None:
+        """Remove entries being deleted (any age) and stale writes of killed writers."""
         now = time.time()
-        for leftover in (self.root / _INCOMING).iterdir():
-            try:
-                if now - leftover.stat().st_mtime > _STALE_INCOMING_S:
-                    shutil.rmtree(leftover, ignore_errors=True)
-            except OSError:
+        for folder, max_age in ((_EVICTED, 0.0), (_INCOMING, _STALE_INCOMING_S)):
+            place = self.root / folder
+            if not place.is_dir():
                 continue
+            for leftover in place.iterdir():
+                try:
+                    if now - leftover.stat().st_mtime >= max_age:
+                        shutil.rmtree(leftover, ignore_errors=True)
+                except OSError:
+                    continue
+
+
+def checksum(signature: dict[str, Any], geometry: dict[str, Any], features: np.ndarray) -> str:
+    """BLAKE2b of an entry: its signature, geometry, and feature shape and bytes (float32)."""
+    hasher = hashlib.blake2b(digest_size=32)
+    header = {"signature": signature, "geometry": geometry, "shape": list(features.shape)}
+    hasher.update(json.dumps(header, sort_keys=True).encode("utf-8"))
+    hasher.update(memoryview(np.ascontiguousarray(features, dtype=np.float32)).cast("B"))
+    return hasher.hexdigest()
+
+
+def _geometry_fields(geometry: SamGeometry) -> dict[str, Any]:
+    return {
+        "original_hw": list(geometry.original_hw),
+        "img_size": geometry.img_size,
+        "grid_hw": list(geometry.grid_hw),
+    }
 
 
 def _touch(path: Path) -> None:

@@ -23,6 +23,8 @@ from napari_persam.core.io.images import TIFF_SUFFIXES
 _LABEL_SUFFIX = {".tif": ".tif", ".tiff": ".tiff", ".png": ".png"}
 #: Attribute that marks a zarr array as written by napari-persam (so resuming may reuse it).
 ZARR_MARK = "napari_persam"
+#: The largest label a PNG output holds (16 bits).
+PNG_MAX_LABEL = int(np.iinfo(np.uint16).max)
 
 
 def label_suffix(path: str) -> str:
@@ -33,7 +35,10 @@ def label_suffix(path: str) -> str:
 def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     """Write a (H, W) label image to a TIFF or PNG file atomically.
 
-    PNG holds at most 16 bits: labels above 65535 need a TIFF output.
+    TIFFs keep ``labels``' dtype. PNG holds at most 16 bits: uint8 labels stay
+    8-bit, every other dtype is written as uint16 (so instance labels, int32 in
+    memory, are uint16 in every PNG, whatever their count); values above 65535
+    need a TIFF output and raise a ValueError.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -46,12 +51,13 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
         else:
             from PIL import Image
 
-            if labels.max(initial=0) > np.iinfo(np.uint16).max:
+            if labels.max(initial=0) > PNG_MAX_LABEL or labels.min(initial=0) < 0:
                 raise ValueError(
-                    f"{int(labels.max())} labels do not fit a 16-bit PNG; write TIFF outputs."
+                    f"Label values up to {int(labels.max())} do not fit a 16-bit PNG; give the "
+                    "image as a TIFF to get a TIFF output."
                 )
-            small = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
-            Image.fromarray(small).save(tmp, format="PNG")
+            png = labels if labels.dtype == np.uint8 else labels.astype(np.uint16)
+            Image.fromarray(png).save(tmp, format="PNG")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -41,6 +41,9 @@ class ModelSpec:
     key_layout : str
         How the published checkpoint names its modules: ``"sam"`` (as the model
         here) or ``"mobile_sam_official"`` (MobileSAM's names, renamed to timm's).
+    embedding_channels : int
+        Channels of the image embedding (C of its (C, gh, gw) features), so the
+        length of a concept's embeddings; checked before a model is loaded.
     """
 
     name: str
@@ -52,6 +55,7 @@ class ModelSpec:
     sha256: str = ""
     signature: str = ""
     key_layout: str = "sam"
+    embedding_channels: int = 256
 
     @property
     def downloadable(self) -> bool:

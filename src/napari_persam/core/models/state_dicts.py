@@ -49,22 +49,38 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         If ``path`` is not a file.
     CheckpointError
         If the file carries pickled objects (refused by ``weights_only=True``),
-        is truncated or is not a PyTorch checkpoint, or holds no state dict.
+        is truncated or is not a PyTorch checkpoint at all (random bytes, another
+        kind of file), or holds no state dict. The message never repeats torch's
+        advice to load with ``weights_only=False``.
     """
     import torch
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"Checkpoint {path!r} is a folder; name the checkpoint file (.pth).")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint {path!r} does not exist.")
     # mmap needs the zip format every torch.save since PyTorch 1.6 writes.
     mmap = zipfile.is_zipfile(path)
+    if not mmap and not _starts_like_a_pickle(path):
+        raise CheckpointError(
+            f"{path!r} is not a PyTorch checkpoint: it is neither the zip archive torch.save "
+            "writes nor its older pickle format. Choose the model's .pth file, or delete this "
+            "file and download the checkpoint again."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
+        detail = _unpickler_detail(error)
+        if "global" not in detail.lower():
+            raise CheckpointError(
+                f"{path!r} is not a readable PyTorch checkpoint ({detail or 'damaged data'}); "
+                "it is truncated or damaged. Delete it and download the checkpoint again."
+            ) from error
         raise CheckpointError(
             f"Refused to load {path!r}: it carries pickled Python objects, which could run "
             f"code when loaded, so only plain weight files are accepted (weights_only=True). "
-            f"Details: {_first_line(error)}. Use the publisher's original checkpoint, or "
+            f"Details: {detail}. Use the publisher's original checkpoint, or "
             "re-save only the model's state_dict() from a trusted environment."
         ) from error
     except Exception as error:  # torch raises RuntimeError, EOFError, ValueError...
@@ -93,6 +109,28 @@ def _unwrap(state: Any, path: str) -> dict[str, torch.Tensor]:
             f"Checkpoint {path!r} is not a state dict of tensors: {not_tensors[:3]} are not."
         )
     return tensors
+
+
+def _starts_like_a_pickle(path: str) -> bool:
+    """Whether the file starts with a pickle protocol 2+ header (torch's legacy format)."""
+    with open(path, "rb") as stream:
+        return stream.read(1) == b"\x80"
+
+
+def _unpickler_detail(error: BaseException) -> str:
+    """What torch's weights-only unpickler refused, without torch's advice around it.
+
+    torch's message suggests re-running with ``weights_only=False``, which would run
+    the file's code: that advice is never passed on.
+    """
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker not in text:
+        return ""
+    detail = " ".join(text.split(marker, 1)[1].split())
+    for end in (" was not an allowed global", " Check the documentation", " Please use"):
+        detail = detail.split(end, 1)[0]
+    return detail.strip().rstrip(".")
 
 
 def _first_line(error: BaseException) -> str:
