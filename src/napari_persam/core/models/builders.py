@@ -71,7 +71,6 @@ def build_tiny_sam(
     from segment_anything.modeling import ImageEncoderViT
 
     from napari_persam.core.models.assembly import sam_around_encoder
-
     from napari_persam.core.models.fast_attention import use_sdpa_attention
 
     patch = 16

@@ -83,7 +83,9 @@ class RuntimeEncoder:
             else:
                 self._run = self._load_onnxruntime()
         except Exception as error:
-            raise BackendUnavailable(f"{backend} could not load the exported encoder: {error}")
+            raise BackendUnavailable(
+                f"{backend} could not load the exported encoder: {error}"
+            ) from error
 
     def _load_openvino(self, precision: str):
         import openvino
