@@ -94,6 +94,7 @@ def _run_stack(
         reference_index=start_slice,
         instances=options.instances,
         mode="propagate",
+        keep_results=False,  # each slice is written as it comes
     )
     scores, area = [], 0
     for step in work:  # slices arrive outward from the start slice; each is written at once

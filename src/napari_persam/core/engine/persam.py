@@ -435,13 +435,16 @@ class PerSAM:
         slices: Sequence[int] | None = None,
         instances: bool = False,
         mode: str | None = None,
+        keep_results: bool = True,
     ) -> ProgressGenerator[dict]:
         """Segment the slices of a (Z, H, W[, C]) stack; a progress generator.
 
         ``mode`` "propagate" (default from ``config.stack_mode``) walks outward from
         ``reference_index`` and prompts each slice with its neighbour's result too;
         "independent" uses the concept alone. Each slice's result is yielded as
-        ``Progress(index=z, result=...)``; the dict of all results is returned. See
+        ``Progress(index=z, result=...)``; the dict of all results is returned
+        (``keep_results=False``: none, for callers that store each result as it
+        comes; only what propagation needs is kept). See
         :func:`napari_persam.core.engine.stacks.iter_segment_stack`.
         """
         members = concept.concepts if isinstance(concept, ClassConcepts) else {1: concept}
@@ -456,4 +459,5 @@ class PerSAM:
             slices=slices,
             instances=instances,
             mode=mode,
+            keep_results=keep_results,
         )
