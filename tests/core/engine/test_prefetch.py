@@ -36,7 +36,7 @@ def test_a_failed_load_raises_at_its_turn_and_closing_stops_loading():
 
     got = []
     with pytest.raises(OSError, match="slice 2"):
-        for item, value in prefetched(range(10), load):
+        for _item, value in prefetched(range(10), load):
             got.append(value)
     assert got == [0, 1]
     assert max(loaded) <= 3  # at most one item beyond the failing one was started
