@@ -31,6 +31,10 @@ class SdpaAttention(Attention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) tokens -> (B, H, W, C), as ``Attention.forward``."""
+        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            # ONNX export: SAM's own formulation. The exporter's decomposition of SDPA
+            # breaks on its output layout, and the runtimes fuse attention themselves.
+            return super().forward(x)
         batch, height, width, _ = x.shape
         heads = self.num_heads
         tokens = height * width
@@ -40,8 +44,10 @@ class SdpaAttention(Attention):
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             out = _attention_with_rel_pos(q, k, v, self.rel_pos_h, self.rel_pos_w, (height, width))
-        out = out.view(batch, heads, height, width, -1).permute(0, 2, 3, 1, 4)
-        return self.proj(out.reshape(batch, height, width, -1))
+        # (B, heads, L, d) -> (B, H, W, heads * d); reshape, not view: SDPA's output
+        # may be laid out as (B, L, heads, d) in memory.
+        out = out.transpose(1, 2).reshape(batch, height, width, -1)
+        return self.proj(out)
 
 
 def _attention_with_rel_pos(
