@@ -242,9 +242,12 @@ class Prompter:
             )
 
     def to_mask(self, embedding: ImageEmbedding, logits: torch.Tensor) -> np.ndarray:
-        """(4gh, 4gw) low-resolution logits -> (H, W) bool mask in image pixels."""
-        upscaled = embedding.geometry.grid_to_image(logits)
-        return (upscaled > self.sam.mask_threshold).cpu().numpy()
+        """(4gh, 4gw) low-resolution logits -> (H, W) bool mask in image pixels.
+
+        Upscaled only around the logits above SAM's threshold (the same mask as
+        upscaling everything: :meth:`SamGeometry.mask_from_logits`).
+        """
+        return embedding.geometry.mask_from_logits(logits, float(self.sam.mask_threshold))
 
     # ------------------------------------------------------------ cascade
     def cascade(
