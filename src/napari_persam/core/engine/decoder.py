@@ -25,6 +25,7 @@ import math
 from typing import Any
 
 import torch
+from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import TwoWayAttentionBlock, TwoWayTransformer
 
 
@@ -143,7 +144,13 @@ def decode_masks(
     masks : (B, M, 4 gh, 4 gw) float tensor of low-resolution logits (M = 3 or 1)
     iou_predictions : (B, M) float tensor
     """
+    count = sparse_prompt_embeddings.shape[0]
     shared = dense_prompt_embeddings.shape[0] == 1
+    if shared and not isinstance(mask_decoder, MaskDecoder):
+        # A stand-in decoder (tests, other models) gets SAM's own call with every prompt's
+        # dense embedding.
+        dense_prompt_embeddings = dense_prompt_embeddings.expand(count, -1, -1, -1)
+        shared = False
     if attn_bias is None and target_embedding is None and not force_view and not shared:
         return mask_decoder(
             image_embeddings=image_embeddings,

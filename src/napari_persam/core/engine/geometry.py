@@ -296,4 +296,6 @@ def _upscaling_taps(geometry: SamGeometry, grid_h: int, grid_w: int) -> tuple[_A
 def _apply(values: np.ndarray, rows: _Taps, cols: _Taps) -> np.ndarray:
     """Bilinear sampling of a 2D tensor at the given taps, along columns then rows."""
     across = values[:, cols.low] * cols.weight_low + values[:, cols.high] * cols.weight_high
-    return across[rows.low] * rows.weight_low[:, None] + across[rows.high] * rows.weight_high[:, None]
+    return (
+        across[rows.low] * rows.weight_low[:, None] + across[rows.high] * rows.weight_high[:, None]
+    )
