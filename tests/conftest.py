@@ -46,6 +46,18 @@ def _private_cache(tmp_path_factory):
         os.environ[CACHE_ENV] = previous
 
 
+@pytest.fixture(autouse=True)
+def _torch_encoder_by_default(monkeypatch):
+    """``encoder_backend="auto"`` means PyTorch in tests, so engines need no ONNX export.
+
+    An export takes seconds even for the tiny model; tests of the runtimes ask for
+    them by name (``encoder_backend="openvino"``) or set ``AUTO_ORDER`` themselves.
+    """
+    from napari_persam.core.models import encoder_runtime
+
+    monkeypatch.setattr(encoder_runtime, "AUTO_ORDER", ())
+
+
 @pytest.fixture(scope="session")
 def tiny_sam():
     """A seeded two-block random SAM with a 256 px input (16 x 16 feature grid).

@@ -54,3 +54,28 @@ def test_instrumentation_restores_the_engine(run_benchmarks, tiny_sam):
         assert persam_module.encode_image is not before
     assert persam_module.encode_image is before
     assert "_decode" not in vars(engine)
+
+
+@pytest.mark.slow
+def test_the_bound_benchmarks_run(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    try:
+        engine_bounds = importlib.import_module("engine_bounds")
+        encoder_bounds = importlib.import_module("encoder_bounds")
+        assert engine_bounds.main(["--quick", "--out", str(tmp_path)]) == 0
+        assert (
+            encoder_bounds.main(
+                ["--models", "tiny", "--rounds", "1", "--skip", "compiled", "--out", str(tmp_path)]
+            )
+            == 0
+        )
+    finally:
+        sys.modules.pop("engine_bounds", None)
+        sys.modules.pop("encoder_bounds", None)
+    engine = json.loads((tmp_path / "engine_bounds.json").read_text())
+    assert engine["finetune"]["cpu"] > 0
+    assert engine["instances"]["decoder_gflop_per_prompt"]["cascade"] > 0
+    encoder = json.loads((tmp_path / "encoder_bounds.json").read_text())
+    variants = encoder["results"][0]["variants"]
+    assert {"eager", "eager+heap", "sdpa"} <= set(variants)
+    assert all(v["max_abs_diff"] <= 1e-4 for v in variants.values())

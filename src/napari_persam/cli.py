@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse exits with code 2 on bad arguments
+    if argv is None:
+        # Run as the command: this process is ours, so glibc may keep freed memory for
+        # reuse (each encoding would otherwise fault its temporaries in afresh).
+        # Not when called with arguments from Python: that process is the caller's.
+        from napari_persam.core.devices import keep_freed_memory
+
+        keep_freed_memory()
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_BAD_ARGUMENTS

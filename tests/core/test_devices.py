@@ -28,3 +28,46 @@ def test_named_devices():
 def test_missing_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_keeping_freed_memory_on_glibc_and_nowhere_else(monkeypatch):
+    import sys
+
+    from napari_persam.core import devices
+
+    if devices._glibc() is not None:
+        try:
+            assert devices.keep_freed_memory() is True
+        finally:
+            devices.release_freed_memory()
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert devices.keep_freed_memory() is False
+    assert devices.release_freed_memory() is False
+
+
+def test_kept_memory_means_no_page_fault_storm():
+    import resource
+
+    from napari_persam.core import devices
+
+    if devices._glibc() is None:
+        pytest.skip("glibc only")
+
+    def faults_of_large_temporaries():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            # 64 MiB, above glibc's mmap threshold (torch, as the encoder: numpy asks
+            # the kernel for huge pages, which hides the storm)
+            block = torch.ones(64 * 1024 * 1024 // 8, dtype=torch.float64)
+            del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    plain = faults_of_large_temporaries()
+    try:
+        devices.keep_freed_memory()
+        faults_of_large_temporaries()  # the heap grows once
+        kept = faults_of_large_temporaries()
+    finally:
+        devices.release_freed_memory()
+    assert plain > 5 * 16000  # every 64 MiB block faulted in anew (4 KiB pages)
+    assert kept < plain / 10

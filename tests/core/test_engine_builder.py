@@ -62,3 +62,35 @@ def test_bad_specs_are_refused():
 def test_a_spec_is_plain_hashable_data():
     spec = EngineSpec(model="tiny", config=PerSAMConfig(channels=(0,)))
     assert hash(spec) == hash(dataclasses.replace(spec))
+
+
+def test_the_builder_hands_the_chosen_image_encoder_to_the_engine(monkeypatch):
+    from napari_persam.core.models import encoder_runtime
+
+    asked = []
+
+    class Fake:
+        backend = "fake"
+
+        def __call__(self, batch):
+            return torch.zeros(1, 256, 64, 64)
+
+    def fake_encoder(sam, *, backend, device, **kwargs):
+        asked.append((backend, device.type, kwargs["model_name"]))
+        yield Progress(0, 1, "exporting the tiny image encoder")
+        return Fake()
+
+    monkeypatch.setattr(encoder_runtime, "iter_image_encoder", fake_encoder)
+    spec = EngineSpec(
+        model="tiny",
+        device="cpu",
+        disk_cache=False,
+        config=PerSAMConfig(encoder_backend="openvino"),
+    )
+    seen = []
+    loaded = run(iter_load(spec), on_progress=seen.append)
+    assert "exporting the tiny image encoder" in [step.message for step in seen]
+    engine = loaded.engine(spec)
+    assert engine.encoder_backend == "fake" and isinstance(engine.image_encoder, Fake)
+    assert loaded.engine(spec).image_encoder is engine.image_encoder  # prepared once
+    assert asked == [("openvino", "cpu", "tiny")]

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from napari_persam.core.config import PerSAMConfig
+from napari_persam.core.config import ENCODER_BACKENDS, PerSAMConfig
 from napari_persam.core.errors import render_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,6 +104,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto (default: CUDA, then MPS, then CPU), cpu, cuda..."
     )
     parser.add_argument(
+        "--encoder-backend",
+        choices=ENCODER_BACKENDS,
+        default=None,
+        help="What runs the image encoder. auto (default): on a CPU, OpenVINO (or ONNX "
+        "Runtime) on an ONNX export of the encoder, made once per checkpoint in the cache "
+        "folder (about a minute for ViT-B); PyTorch on a GPU. A backend that cannot be used "
+        "falls back to PyTorch with a warning.",
+    )
+    parser.add_argument(
         "--channels",
         type=int,
         nargs="+",
@@ -171,6 +180,8 @@ def build_config(args: argparse.Namespace, base: PerSAMConfig | None = None) -> 
         changes["channels"] = tuple(args.channels)
     if getattr(args, "finetune_steps", None) is not None:
         changes["finetune_steps"] = args.finetune_steps
+    if getattr(args, "encoder_backend", None) is not None:
+        changes["encoder_backend"] = args.encoder_backend
     try:
         return dataclasses.replace(config, **changes)
     except ValueError as error:

@@ -324,7 +324,12 @@ def _segment_group(
     by_slice = {job.targets[i].slice_index: i for i in indices}
     start = min(job.reference_index or 0, len(source) - 1)
     stack = engine.segment_stack(
-        source, concept, reference_index=start, slices=list(by_slice), instances=job.instances
+        source,
+        concept,
+        reference_index=start,
+        slices=list(by_slice),
+        instances=job.instances,
+        keep_results=False,  # each slice goes to its layer as it comes
     )
     for step in stack:
         yield by_slice[step.index], step.result

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-ENCODER_DTYPES = ("float32", "bfloat16")
+ENCODER_DTYPES = ("float32", "bfloat16", "float16")
+ENCODER_BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 STACK_MODES = ("propagate", "independent")
 
 
@@ -39,9 +40,18 @@ class PerSAMConfig:
     min_area_fraction : float
         Connected components smaller than this fraction of the image area are
         removed from the result. 0 keeps everything.
-    encoder_dtype : {"float32", "bfloat16"}
+    encoder_dtype : {"float32", "bfloat16", "float16"}
         Precision of the image encoder (bfloat16 autocast where the device supports
-        it; the decoder always runs in float32).
+        it, float16 autocast on CUDA only; the decoder always runs in float32).
+    encoder_backend : {"auto", "torch", "openvino", "onnxruntime"}
+        What runs the image encoder. ``"auto"``: on a CPU, the image encoder exported
+        once per checkpoint to ONNX and run by OpenVINO (or ONNX Runtime when OpenVINO
+        is missing), else PyTorch; on a GPU, PyTorch. A backend that cannot be used
+        here falls back to PyTorch with one warning. Embeddings match PyTorch's to
+        about 1e-5; they are cached per backend.
+    compile_encoder : bool
+        PyTorch backend only: run the image encoder through ``torch.compile``
+        (the first image pays the compilation; meant for GPUs).
     foreground_coverage : float
         A feature cell is foreground for the target embedding when the reference
         mask covers at least this fraction of it.
@@ -92,6 +102,8 @@ class PerSAMConfig:
     refinement_steps: int = 2
     min_area_fraction: float = 0.001
     encoder_dtype: str = "float32"
+    encoder_backend: str = "auto"
+    compile_encoder: bool = False
     foreground_coverage: float = 0.5
     channels: tuple[int, ...] | None = None
     finetune_steps: int = 1000
@@ -112,6 +124,15 @@ class PerSAMConfig:
         if self.encoder_dtype not in ENCODER_DTYPES:
             raise ValueError(
                 f"encoder_dtype must be one of {ENCODER_DTYPES}, got {self.encoder_dtype!r}."
+            )
+        if self.encoder_backend not in ENCODER_BACKENDS:
+            raise ValueError(
+                f"encoder_backend must be one of {ENCODER_BACKENDS}, got {self.encoder_backend!r}."
+            )
+        if self.encoder_backend == "onnxruntime" and self.encoder_dtype != "float32":
+            raise ValueError(
+                "encoder_backend='onnxruntime' runs the encoder in float32 only; use "
+                "encoder_dtype='float32' or another backend."
             )
         if self.refinement_steps < 0:
             raise ValueError(f"refinement_steps must be 0 or more, got {self.refinement_steps}.")

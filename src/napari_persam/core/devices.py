@@ -137,3 +137,64 @@ def _mps_available() -> bool:
 
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+# ------------------------------------------------------------------ CPU memory
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_DEFAULT_MMAP_MAX = 65536
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+
+
+def keep_freed_memory(*, single_arena: bool = False) -> bool:
+    """Have glibc keep freed memory for reuse instead of unmapping it (Linux only).
+
+    glibc serves every allocation above 32 MiB with a fresh ``mmap`` and unmaps it
+    when freed, so each of the encoder's large temporaries is faulted in page by
+    page again: millions of page faults and seconds of kernel time per ViT-B image
+    (BENCHMARKS.md). With ``M_MMAP_MAX`` 0 and no heap trimming, freed memory stays
+    in the heap and the next image reuses it, at the price of the peak staying
+    resident. ``single_arena`` also puts every thread on the main heap (work in a
+    worker thread otherwise lands in a 64 MiB arena that cannot hold it).
+
+    Process-wide, so only for processes this package owns: the command line and
+    Dask workers. Inside napari the fast CPU backends keep their own buffers and
+    need none of this. Returns whether the settings were applied (False off glibc).
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    applied = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
+    if single_arena:
+        applied = bool(libc.mallopt(_M_ARENA_MAX, 1)) and applied
+    return applied
+
+
+def release_freed_memory() -> bool:
+    """Undo :func:`keep_freed_memory` and hand the heap's free memory back to the system."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+    return bool(libc.malloc_trim(0))
+
+
+def _glibc():
+    """glibc through ctypes, or None (macOS, Windows, musl)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018  (absent from musl and others)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc

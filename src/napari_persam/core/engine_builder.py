@@ -7,6 +7,11 @@ across Runs with other options: :func:`iter_load` gives a :class:`LoadedModel`
 (the model, its checkpoint's SHA-256 and its in-memory embedding cache), and
 :meth:`LoadedModel.engine` an engine for one set of options. :func:`build_engine`
 does both for scripts.
+
+The image encoder's backend (``PerSAMConfig.encoder_backend``) is chosen here too:
+on a CPU the encoder is exported once per checkpoint and run by OpenVINO or ONNX
+Runtime (:mod:`napari_persam.core.models.encoder_runtime`), and the engine gets
+it as its ``image_encoder``; the engine itself knows nothing of files or runtimes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.models.registry import DEFAULT_MODEL
@@ -94,10 +99,18 @@ class LoadedModel:
         weights, computed once for a file of the user's, ``None`` when unknown.
     memory : EmbeddingCache
         In-memory embeddings, shared by every engine made from this model.
+    threads : int or None
+        CPU threads for the encoder runtimes (``None``: torch's count).
     """
 
     def __init__(
-        self, sam: Sam, *, name: str, checkpoint_sha256: str | None, memory_items: int = 16
+        self,
+        sam: Sam,
+        *,
+        name: str,
+        checkpoint_sha256: str | None,
+        memory_items: int = 16,
+        threads: int | None = None,
     ) -> None:
         from napari_persam.core.engine.embeddings import EmbeddingCache
 
@@ -105,8 +118,36 @@ class LoadedModel:
         self.name = name
         self.checkpoint_sha256 = checkpoint_sha256
         self.memory = EmbeddingCache(memory_items)
+        self.threads = threads
         self._disk: dict[tuple[Path, int], DiskEmbeddingCache] = {}
         self._unusable: set[tuple[Path, int]] = set()
+        self._encoders: dict[tuple, Any] = {}
+
+    def iter_encoder(self, spec: EngineSpec) -> Generator[Progress, None, Any]:
+        """The image encoder for ``spec``'s backend, exported or loaded once per model.
+
+        Returns ``None`` for PyTorch's own forward, else a callable for
+        ``PerSAM(image_encoder=...)``. A backend that cannot be used here falls
+        back to PyTorch with one warning (and is not tried again for this model).
+        """
+        from napari_persam.core.devices import resolve_device
+        from napari_persam.core.models.encoder_runtime import iter_image_encoder
+
+        config = spec.config
+        device = resolve_device(spec.device_name)
+        key = (config.encoder_backend, config.encoder_dtype, config.compile_encoder, str(device))
+        if key not in self._encoders:
+            self._encoders[key] = yield from iter_image_encoder(
+                self.sam,
+                backend=config.encoder_backend,
+                device=device,
+                encoder_dtype=config.encoder_dtype,
+                compile_encoder=config.compile_encoder,
+                model_name=self.name,
+                checkpoint_sha256=self.checkpoint_sha256,
+                threads=self.threads,
+            )
+        return self._encoders[key]
 
     def cache(
         self, *, disk_cache: bool, cache_dir: str | os.PathLike | None, max_bytes: int, device
@@ -175,6 +216,7 @@ class LoadedModel:
             cache=cache,
             model_name=self.name,
             checkpoint_sha256=self.checkpoint_sha256,
+            image_encoder=run(self.iter_encoder(spec)),  # prepared by iter_load as a rule
         )
 
 
@@ -199,9 +241,15 @@ def iter_load(
         sha256 = None  # another factory may have built anything
     else:
         sha256 = yield from iter_model_sha256(spec.model, spec.checkpoint)
-    return LoadedModel(
-        sam, name=spec.model, checkpoint_sha256=sha256, memory_items=spec.config.cache_size
+    loaded = LoadedModel(
+        sam,
+        name=spec.model,
+        checkpoint_sha256=sha256,
+        memory_items=spec.config.cache_size,
+        threads=spec.torch_threads,
     )
+    yield from loaded.iter_encoder(spec)  # the one-time export shows its progress here
+    return loaded
 
 
 def iter_build_engine(

@@ -65,6 +65,9 @@ def test_two_local_workers_equal_one_process(tmp_path, rng, monkeypatch, capsys)
         "segment", "--reference", str(tmp_path / "reference.png"),
         "--mask", str(tmp_path / "mask.png"), "--targets", str(tmp_path / "data"),
         "--model", "tiny", "--device", "cpu", "--no-cache", "--quiet",
+        # PyTorch on both sides: the workers are other processes, which the tests'
+        # "auto means torch" fixture does not reach.
+        "--encoder-backend", "torch",
     ]  # fmt: skip
     assert main([*common, "--out", str(tmp_path / "one")]) == 1  # broken.png fails
 

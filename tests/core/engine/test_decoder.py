@@ -119,3 +119,21 @@ def test_sam_is_unchanged_and_still_answers_ordinary_prompts(make_tiny_sam, rng)
         assert type(module) is before_types[name]
         assert not module._forward_hooks and not module._forward_pre_hooks
         assert "forward" not in vars(module)  # no instance-level patching
+
+
+def test_a_shared_image_side_gives_segment_anythings_answer(tiny_sam):
+    # Prompts without mask input share one dense embedding: the decoder then projects
+    # the image once for all of them; the answer is SAM's, to float rounding.
+    inputs = _prompt_inputs(tiny_sam, seed=4)
+    shared = dict(inputs, dense_prompt_embeddings=inputs["dense_prompt_embeddings"][:1])
+    for multimask in (True, False):
+        with torch.no_grad():
+            expected = tiny_sam.mask_decoder(**inputs, multimask_output=multimask)
+            got = decode_masks(tiny_sam.mask_decoder, **shared, multimask_output=multimask)
+            guided = decode_masks(
+                tiny_sam.mask_decoder, **shared, multimask_output=multimask, force_view=True
+            )
+        for result in (got, guided):
+            assert result[0].shape == expected[0].shape
+            torch.testing.assert_close(result[0], expected[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(result[1], expected[1], rtol=1e-5, atol=1e-5)

@@ -79,3 +79,91 @@ def test_finetune_needs_references(tiny_sam, rng):
     bare = dataclasses.replace(engine.learn(image, mask), shots=())
     with pytest.raises(ValueError, match="no reference images"):
         engine.finetune(bare)
+
+
+# ---------------------------------------------------------------- numpy optimisation
+def _torch_reference_fit(logits, targets, *, steps, lr, dtype=torch.float32):
+    """PerSAM-F as before the numpy rewrite: autograd, torch.optim.AdamW, CosineAnnealingLR."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: a second thread only adds waiting
+    try:
+        return _torch_fit(logits, targets, steps=steps, lr=lr, dtype=dtype)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _torch_fit(logits, targets, *, steps, lr, dtype):
+    logits = [torch.as_tensor(item, dtype=dtype) for item in logits]
+    targets = [torch.as_tensor(item, dtype=dtype) for item in targets]
+    free = torch.full((2,), 1.0 / 3.0, dtype=dtype, requires_grad=True)
+    optimizer = torch.optim.AdamW([free], lr=lr, eps=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        weights = full_weights(free)
+        loss = sum(
+            dice_loss(weights @ item, target) + sigmoid_focal_loss(weights @ item, target)
+            for item, target in zip(logits, targets)
+        ) / len(logits)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss))
+    return full_weights(free.detach()).numpy(), np.array(losses)
+
+
+def _problem(seed, pixels=1500, shots=2):
+    generator = torch.Generator().manual_seed(seed)
+    logits = [torch.randn(3, pixels, generator=generator) * 5 for _ in range(shots)]
+    targets = [
+        (torch.rand(pixels, generator=generator) > 0.7).float() * 0.9 + 0.05 for _ in range(shots)
+    ]
+    return logits, targets
+
+
+def test_numpy_fit_matches_the_torch_optimisation():
+    # PerSAM-F's schedule (1000 steps, lr 1e-3), two references.
+    logits, targets = _problem(0, pixels=600)
+    expected, expected_losses = _torch_reference_fit(logits, targets, steps=1000, lr=1e-3)
+    weights, losses = fit_mask_weights(logits, targets, steps=1000, lr=1e-3)
+    np.testing.assert_allclose(weights, expected, atol=1e-5)
+    np.testing.assert_allclose(losses, expected_losses, atol=1e-5)
+    # A faster rate moves the weights far; the float64 reference still agrees.
+    exact, _ = _torch_reference_fit(logits, targets, steps=200, lr=3e-2, dtype=torch.float64)
+    weights, _ = fit_mask_weights(logits, targets, steps=200, lr=3e-2)
+    assert np.abs(weights - 1 / 3).max() > 0.05
+    np.testing.assert_allclose(weights, exact, atol=1e-5)
+
+
+def test_numpy_adamw_is_torch_adamw():
+    from napari_persam.core.engine.finetune import AdamW, cosine_lr
+
+    generator = np.random.default_rng(0)
+    start = generator.normal(size=2)
+    param = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    reference = torch.optim.AdamW([param], lr=0.05, eps=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(reference, 50)
+    ours = AdamW(start, lr=0.05, eps=1e-4)
+    for step in range(50):
+        grad = generator.normal(size=2) * 10 ** generator.uniform(-3, 1)
+        param.grad = torch.tensor(grad)
+        reference.step()
+        schedule.step()
+        ours.lr = cosine_lr(0.05, step, 50)
+        ours.step(grad)
+        np.testing.assert_allclose(ours.params, param.detach().numpy(), rtol=0, atol=1e-13)
+        assert reference.param_groups[0]["lr"] == pytest.approx(cosine_lr(0.05, step + 1, 50))
+
+
+def test_numpy_loss_and_gradient_match_the_torch_ones():
+    from napari_persam.core.engine.finetune import _Shot
+
+    logits, targets = _problem(3, shots=1)
+    weights = torch.tensor([0.1, 0.7, 0.2], dtype=torch.float64)
+    loss, grad = loss_and_gradient(logits[0].double(), targets[0].double(), weights)
+    shot = _Shot(logits[0].double().numpy(), targets[0].double().numpy(), alpha=0.25)
+    got_loss, got_grad = shot.loss_and_gradient(weights.numpy())
+    # float32 pixel arithmetic, float64 sums
+    assert got_loss == pytest.approx(float(loss), abs=1e-6)
+    np.testing.assert_allclose(got_grad, grad.numpy(), rtol=1e-4, atol=1e-6)

@@ -81,3 +81,18 @@ def test_too_thin_images_are_refused():
     SamGeometry((1000, 16))  # 16 * 1.024 = 16.4 px: one cell, accepted
     with pytest.raises(ValueError, match="no pixels"):
         SamGeometry((0, 10))
+
+
+@pytest.mark.parametrize("shape", [(1280, 1280), (600, 900), (77, 300), (200, 180), (3000, 2000)])
+def test_masks_upscaled_around_the_object_equal_the_full_upscaling(shape):
+    geometry = SamGeometry(original_hw=shape)
+    generator = torch.Generator().manual_seed(sum(shape))
+    for trial in range(6):
+        logits = torch.randn(256, 256, generator=generator) * 0.5 - 6
+        y, x = (int(v) for v in torch.randint(0, 230, (2,), generator=generator))
+        logits[y : y + 1 + 5 * trial, x : x + 3 + 4 * trial] += 9  # objects of several sizes
+        if trial == 5:
+            logits += 7  # most of the image: the full kernel's turn
+        expected = (geometry.grid_to_image(logits) > 0).numpy()
+        np.testing.assert_array_equal(geometry.mask_from_logits(logits, 0.0), expected)
+    assert not geometry.mask_from_logits(torch.full((256, 256), -1.0)).any()

@@ -290,9 +290,12 @@ def test_bfloat16_encoder_on_cpu(tiny_sam, scene):
             PerSAM(tiny_sam, config=config, device="cpu")
 
 
-def test_config_validation():
+def test_config_validation(tiny_sam):
     with pytest.raises(ValueError, match="encoder_dtype"):
-        PerSAMConfig(encoder_dtype="float16")
+        PerSAMConfig(encoder_dtype="float8")
+    # float16 autocast is for CUDA only (CPUs emulate it)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        PerSAM(tiny_sam, config=PerSAMConfig(encoder_dtype="float16"), device="cpu")
     with pytest.raises(ValueError, match="refinement_steps"):
         PerSAMConfig(refinement_steps=-1)
     with pytest.raises(ValueError, match="channels"):

@@ -139,3 +139,60 @@ def test_stack_with_classes(engine):
         assert np.mean(result.labels[blue] == 9) > 0.5
     config = dataclasses.replace(UNGUIDED, stack_mode="independent")
     assert PerSAM(engine.sam, config=config, device="cpu").config.stack_mode == "independent"
+
+
+def test_without_keep_results_only_the_neighbours_propagation_needs_stay(engine):
+    import gc
+    import weakref
+
+    tracks = [moving((50, 40), (3, 4))]
+    stack, truth = drifting_stack(tracks, depth=7, seed=60)
+    concept = engine.learn(stack[3], truth[3] == 1)
+    kept = run(engine.segment_stack(stack, concept, reference_index=3, mode="propagate"))
+    alive, masks = [], {}
+    work = engine.segment_stack(
+        stack, concept, reference_index=3, mode="propagate", keep_results=False
+    )
+    try:
+        while True:
+            step = next(work)
+            masks[step.index] = step.result.mask.copy()
+            alive.append(weakref.ref(step.result))
+            del step
+            gc.collect()
+            # the reference slice (start of the downward walk) and the last one at most
+            assert sum(ref() is not None for ref in alive) <= 2
+    except StopIteration as stop:
+        assert stop.value == {}
+    assert sorted(masks) == sorted(kept)
+    for z, mask in masks.items():
+        np.testing.assert_array_equal(mask, kept[z].mask)
+
+
+def test_slices_are_read_ahead_while_the_current_one_is_encoded(engine):
+    stack, truth = drifting_stack([moving((60, 60), (2, 2))], depth=4, seed=70)
+    concept = engine.learn(stack[0], truth[0] == 1)
+    events = []
+
+    class Recording:
+        shape = stack.shape
+
+        def __getitem__(self, z):
+            events.append(("read", z))
+            return stack[z]
+
+    def embed(image):
+        events.append(("embed", len([e for e in events if e[0] == "embed"])))
+        return engine.embed(image)
+
+    from napari_persam.core.engine.stacks import iter_segment_stack
+
+    run(
+        iter_segment_stack(
+            Recording(), concept, embed=embed, prompter=engine.prompter, reference_index=0
+        )
+    )
+    # slice k + 1 is read before slice k is encoded (or while: the helper thread races)
+    for k in range(3):
+        assert events.index(("read", k + 1)) < events.index(("embed", k + 1))
+        assert events.index(("read", k + 1)) < events.index(("embed", k)) + 2

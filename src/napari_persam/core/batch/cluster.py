@@ -27,6 +27,7 @@ import numpy as np
 
 from napari_persam.core.batch.plan import SegmentOptions, WorkItem, failure_record, skipped_record
 from napari_persam.core.batch.run import run_item
+from napari_persam.core.devices import keep_freed_memory
 from napari_persam.core.engine_builder import EngineSpec, build_engine
 from napari_persam.core.progress import Progress, ProgressGenerator
 
@@ -54,9 +55,23 @@ def engine_for(spec: EngineSpec) -> PerSAM:
     with _LOCK:
         engine = _ENGINES.get(spec)
         if engine is None:
+            if _in_dask_worker():
+                # A worker process is ours: keep freed memory in the heap (no page-fault
+                # storm per image), all threads on one arena (tasks run in threads).
+                keep_freed_memory(single_arena=True)
             engine = build_engine(spec)
             _ENGINES[spec] = engine
         return engine
+
+
+def _in_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return False
+    return True
 
 
 def concepts_from_bytes(payload: bytes) -> dict[int, Concept]:

@@ -25,6 +25,7 @@ from napari_persam.core.batch.plan import (
     skipped_record,
 )
 from napari_persam.core.engine.concepts import Concept, combine_concepts
+from napari_persam.core.engine.prefetch import prefetched
 from napari_persam.core.engine.results import label_image, result_score
 from napari_persam.core.errors import InputError, option
 from napari_persam.core.io.images import read_image
@@ -36,6 +37,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_persam.core.engine.persam import PerSAM
 
 
+def read_input(item: WorkItem) -> np.ndarray:
+    """The image (or stack slice) of one independent item."""
+    if item.index is None:
+        return read_image(item.target.path)
+    return read_slice(item.target, item.index)
+
+
 def run_item(
     engine: PerSAM,
     concepts: Mapping[int, Concept],
@@ -43,11 +51,13 @@ def run_item(
     *,
     options: SegmentOptions,
     dtype: np.dtype,
+    image: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Segment one item, write its labels and its record; return the record.
 
     Several concepts are segmented as classes: where two claim a pixel, the higher
-    score wins (as in the widget and in stacks). Exceptions propagate (the caller
+    score wins (as in the widget and in stacks). ``image`` is the item's input when
+    it was read already (:func:`read_input`). Exceptions propagate (the caller
     reports them).
     """
     start = time.perf_counter()
@@ -58,10 +68,8 @@ def run_item(
             f"{item.output!r} already exists and no record says this tool wrote it; it is not "
             f"overwritten. Move it away or choose {option('out')}."
         )
-    if item.index is None:
-        image = read_image(item.target.path)
-    else:
-        image = read_slice(item.target, item.index)
+    if image is None:
+        image = read_input(item)
     value, concept = next(iter(concepts)), combine_concepts(concepts)
     if options.instances:
         result = engine.segment_instances(image, concept)
@@ -105,6 +113,7 @@ def _run_stack(
         reference_index=start_slice,
         instances=options.instances,
         mode="propagate",
+        keep_results=False,  # each slice is written as it comes
     )
     scores, area = [], 0
     for step in work:  # slices arrive outward from the start slice; each is written at once
@@ -139,19 +148,34 @@ def iter_run_local(
 ) -> ProgressGenerator[list[dict[str, Any]]]:
     """Run ``items`` one after the other in this process.
 
+    The next item's input is read in a helper thread while this one is segmented.
     Yields ``Progress(done, total, message, index=i, result=record)`` per item
     and returns the records in item order. An item that raises is recorded as
     failed and the run goes on.
     """
     records: list[dict[str, Any]] = []
-    for position, item in enumerate(items):
+
+    def read_ahead(item: WorkItem) -> tuple[np.ndarray | None, BaseException | None]:
+        # The next input is read while this one is encoded; a read that fails is
+        # reported with its own item, in order.
+        if item.is_finished() or (options.propagate and item.target.is_stack):
+            return None, None
+        try:
+            return read_input(item), None
+        except Exception as error:
+            return None, error
+
+    for position, (item, (image, read_error)) in enumerate(prefetched(items, read_ahead)):
         if item.is_finished():
             record = skipped_record(item)
+        elif read_error is not None:
+            record = failure_record(item, read_error)
         else:
             try:
-                record = run_item(engine, concepts, item, options=options, dtype=dtype)
+                record = run_item(engine, concepts, item, options=options, dtype=dtype, image=image)
             except Exception as error:
                 record = failure_record(item, error)
+        image = None
         records.append(record)
         yield Progress(
             done=position + 1,

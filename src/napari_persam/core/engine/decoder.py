@@ -125,8 +125,10 @@ def decode_masks(
     image_embeddings : (1, C, gh, gw) float tensor
     image_pe : (1, C, gh, gw) float tensor
         ``prompt_encoder.get_dense_pe()``.
-    sparse_prompt_embeddings : (B, N, C), dense_prompt_embeddings : (B, C, gh, gw)
-        From SAM's prompt encoder; B prompts are decoded in one batch.
+    sparse_prompt_embeddings : (B, N, C), dense_prompt_embeddings : (B or 1, C, gh, gw)
+        From SAM's prompt encoder; B prompts are decoded in one batch. A dense
+        embedding of batch 1 (every prompt without a mask input) is shared: the
+        transformer's first block then projects the image once for all prompts.
     multimask_output : bool
         True gives SAM's three multimask outputs, False its single mask.
     attn_bias : (1, 1, 1, gh * gw) float tensor, optional
@@ -142,7 +144,14 @@ def decode_masks(
     masks : (B, M, 4 gh, 4 gw) float tensor of low-resolution logits (M = 3 or 1)
     iou_predictions : (B, M) float tensor
     """
-    if attn_bias is None and target_embedding is None and not force_view:
+    count = sparse_prompt_embeddings.shape[0]
+    shared = dense_prompt_embeddings.shape[0] == 1
+    if shared and not isinstance(mask_decoder, MaskDecoder):
+        # A stand-in decoder (tests, other models) gets SAM's own call with every prompt's
+        # dense embedding.
+        dense_prompt_embeddings = dense_prompt_embeddings.expand(count, -1, -1, -1)
+        shared = False
+    if attn_bias is None and target_embedding is None and not force_view and not shared:
         return mask_decoder(
             image_embeddings=image_embeddings,
             image_pe=image_pe,
@@ -150,12 +159,13 @@ def decode_masks(
             dense_prompt_embeddings=dense_prompt_embeddings,
             multimask_output=multimask_output,
         )
-    target = None if target_embedding is None else target_embedding.reshape(1, 1, -1)
-    view = _View(
-        mask_decoder, transformer=_GuidedTransformer(mask_decoder.transformer, attn_bias, target)
-    )
-    masks, iou_pred = MaskDecoder.predict_masks(
-        view,
+    transformer = mask_decoder.transformer
+    if attn_bias is not None or target_embedding is not None or force_view:
+        target = None if target_embedding is None else target_embedding.reshape(1, 1, -1)
+        transformer = _GuidedTransformer(mask_decoder.transformer, attn_bias, target)
+    masks, iou_pred = _predict_masks(
+        mask_decoder,
+        transformer,
         image_embeddings=image_embeddings,
         image_pe=image_pe,
         sparse_prompt_embeddings=sparse_prompt_embeddings,
@@ -163,6 +173,53 @@ def decode_masks(
     )
     chosen = slice(1, None) if multimask_output else slice(0, 1)
     return masks[:, chosen], iou_pred[:, chosen]
+
+
+def _predict_masks(
+    decoder: torch.nn.Module,
+    transformer,
+    *,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``MaskDecoder.predict_masks`` with the image side shared while it is the same.
+
+    segment_anything repeats the image embedding and its positional encoding once
+    per prompt. When every prompt has the same dense embedding (no mask input),
+    the transformer's first block sees one image for all of them: here it gets a
+    batch of one, which broadcasts against the B prompts' tokens, so that block's
+    image-side projections (the token-to-image keys and values, the image-to-token
+    queries) are computed once instead of B times. From the first block's update
+    of the image tokens on, everything is per prompt, as in SAM. Same arithmetic
+    as ``predict_masks``, in the same order.
+    """
+    count = sparse_prompt_embeddings.shape[0]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    output_tokens = output_tokens.unsqueeze(0).expand(count, -1, -1)
+    tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+    if dense_prompt_embeddings.shape[0] == 1:
+        src = image_embeddings + dense_prompt_embeddings  # (1, C, h, w), shared
+        pos_src = image_pe
+    else:
+        src = torch.repeat_interleave(image_embeddings, count, dim=0) + dense_prompt_embeddings
+        pos_src = torch.repeat_interleave(image_pe, count, dim=0)
+    _, channels, height, width = src.shape
+    hs, src = transformer(src, pos_src, tokens)
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
+    src = src.expand(count, -1, -1).transpose(1, 2).reshape(count, channels, height, width)
+    upscaled = decoder.output_upscaling(src)
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
+        dim=1,
+    )
+    batch, channels, height, width = upscaled.shape
+    masks = (hyper_in @ upscaled.view(batch, channels, height * width)).view(
+        batch, -1, height, width
+    )
+    return masks, decoder.iou_prediction_head(iou_token_out)
 
 
 def attention_bias(similarity_grid: torch.Tensor, valid_cells: torch.Tensor) -> torch.Tensor:

@@ -10,12 +10,26 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from napari_persam.core.engine.geometry import SamGeometry
+
+#: ``encoder(batch) -> features``: SAM's image encoder or a stand-in for it (an exported
+#: copy run by another runtime). ``batch`` is (1, 3, S, S) float32, normalised and
+#: padded by ``sam.preprocess``; ``features`` (1, C, gh, gw). Its ``backend``
+#: attribute (``"torch"``, ``"openvino"``...) names it in embedding cache keys.
+ImageEncoder = Callable[[torch.Tensor], torch.Tensor]
+
+_AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def encoder_backend(encoder: ImageEncoder | None) -> str:
+    """The backend name of ``encoder`` (``"torch"`` for ``None`` or a plain module)."""
+    return str(getattr(encoder, "backend", "torch")) if encoder is not None else "torch"
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,7 @@ def encode_image(
     *,
     device: torch.device,
     encoder_dtype: str = "float32",
+    encoder: ImageEncoder | None = None,
 ) -> ImageEmbedding:
     """Run SAM's image encoder on one prepared image.
 
@@ -117,8 +132,11 @@ def encode_image(
         From :func:`napari_persam.core.engine.images.prepare_image`.
     device : torch.device
         Where the encoder runs (the model must already be there).
-    encoder_dtype : {"float32", "bfloat16"}
-        bfloat16 runs the encoder under autocast; features come back as float32.
+    encoder_dtype : {"float32", "bfloat16", "float16"}
+        bfloat16 and float16 run a PyTorch encoder under autocast; features come back
+        as float32. Another backend applies its own precision.
+    encoder : callable, optional
+        Runs instead of ``sam.image_encoder`` (see :data:`ImageEncoder`).
     """
     from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -127,14 +145,15 @@ def encode_image(
     # SAM's own resize (PIL bilinear on uint8) so features match SamPredictor's.
     resized = ResizeLongestSide(img_size).apply_image(rgb)
     pixels = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
+    run = sam.image_encoder if encoder is None else encoder
     with torch.inference_mode():
         batch = sam.preprocess(pixels.float())  # normalise, pad bottom/right to img_size
-        if encoder_dtype == "bfloat16":
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                features = sam.image_encoder(batch)
+        if encoder_dtype in _AUTOCAST and encoder_backend(encoder) == "torch":
+            with torch.autocast(device_type=device.type, dtype=_AUTOCAST[encoder_dtype]):
+                features = run(batch)
         else:
-            features = sam.image_encoder(batch)
-    features = features.float()
+            features = run(batch)
+    features = features.to(device=device, dtype=torch.float32)
     if tuple(features.shape[-2:]) != geometry.grid_hw:
         raise ValueError(
             f"The image encoder returned a {tuple(features.shape[-2:])} feature grid but the "

@@ -28,7 +28,9 @@ from napari_persam.core.engine.concepts import ClassConcepts, Concept, Shot, che
 from napari_persam.core.engine.embeddings import (
     EmbeddingCache,
     ImageEmbedding,
+    ImageEncoder,
     encode_image,
+    encoder_backend,
     image_digest,
     model_fingerprint,
 )
@@ -67,6 +69,10 @@ class PerSAM:
         Registry name of the model (``"vit_b"``...), recorded in learned concepts.
     checkpoint_sha256 : str, optional
         SHA-256 of the model's checkpoint file, when known (recorded in concept files).
+    image_encoder : callable, optional
+        Runs instead of ``sam.image_encoder`` (an exported copy of it on a fast CPU
+        runtime, see :data:`~napari_persam.core.engine.embeddings.ImageEncoder`);
+        its ``backend`` name is part of every embedding cache key.
 
     Examples
     --------
@@ -85,6 +91,7 @@ class PerSAM:
         cache: EmbeddingCache | None = None,
         model_name: str = "",
         checkpoint_sha256: str | None = None,
+        image_encoder: ImageEncoder | None = None,
     ) -> None:
         self.model_name = model_name
         self.checkpoint_sha256 = checkpoint_sha256
@@ -95,6 +102,11 @@ class PerSAM:
                 f"encoder_dtype='bfloat16' is not supported natively on {self.device} (it would "
                 "be emulated and run many times slower); use encoder_dtype='float32'."
             )
+        if self.config.encoder_dtype == "float16" and self.device.type != "cuda":
+            raise ValueError(
+                f"encoder_dtype='float16' needs a CUDA device, not {self.device}; use "
+                "encoder_dtype='float32' (or 'bfloat16' where it is native)."
+            )
         first = next(sam.parameters(), None)
         if first is not None and first.device != self.device:
             sam.to(self.device)
@@ -102,6 +114,8 @@ class PerSAM:
         self.sam = sam
         self.fingerprint = model_fingerprint(sam)
         self.cache = cache if cache is not None else EmbeddingCache(self.config.cache_size)
+        self.image_encoder = image_encoder
+        self.encoder_backend = encoder_backend(image_encoder)
         self.prompter = Prompter(sam, self.device, self.config)
 
     # ------------------------------------------------------------------ encoding
@@ -110,12 +124,23 @@ class PerSAM:
         return self._embed_rgb(prepare_image(image, channels=self.config.channels))
 
     def _embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
-        key = (self.fingerprint, image_digest(rgb), self.config.encoder_dtype)
+        # The backend is part of the key: its embeddings differ from torch's in the
+        # last digits, and a result must not depend on which backend ran first.
+        key = (
+            self.fingerprint,
+            image_digest(rgb),
+            self.config.encoder_dtype,
+            self.encoder_backend,
+        )
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         embedding = encode_image(
-            self.sam, rgb, device=self.device, encoder_dtype=self.config.encoder_dtype
+            self.sam,
+            rgb,
+            device=self.device,
+            encoder_dtype=self.config.encoder_dtype,
+            encoder=self.image_encoder,
         )
         self.cache.put(key, embedding)
         return embedding
@@ -418,13 +443,16 @@ class PerSAM:
         slices: Sequence[int] | None = None,
         instances: bool = False,
         mode: str | None = None,
+        keep_results: bool = True,
     ) -> ProgressGenerator[dict]:
         """Segment the slices of a (Z, H, W[, C]) stack; a progress generator.
 
         ``mode`` "propagate" (default from ``config.stack_mode``) walks outward from
         ``reference_index`` and prompts each slice with its neighbour's result too;
         "independent" uses the concept alone. Each slice's result is yielded as
-        ``Progress(index=z, result=...)``; the dict of all results is returned. See
+        ``Progress(index=z, result=...)``; the dict of all results is returned
+        (``keep_results=False``: none, for callers that store each result as it
+        comes; only what propagation needs is kept). See
         :func:`napari_persam.core.engine.stacks.iter_segment_stack`.
         """
         members = concept.concepts if isinstance(concept, ClassConcepts) else {1: concept}
@@ -439,4 +467,5 @@ class PerSAM:
             slices=slices,
             instances=instances,
             mode=mode,
+            keep_results=keep_results,
         )

@@ -32,11 +32,18 @@ def remove_small_components(mask: np.ndarray, *, min_area_fraction: float) -> np
     min_pixels = math.ceil(min_area_fraction * mask.size)
     if min_pixels <= 1 or not mask.any():
         return mask.copy()
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    # Labelled inside the mask's bounding box only: a small object in a large image
+    # costs its own size, and components cannot reach beyond the box.
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3), dtype=bool))
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     keep = sizes >= min_pixels
     keep[0] = False
-    return keep[labels]
+    result = np.zeros_like(mask)
+    result[box] = keep[labels]
+    return result
 
 
 def tight_box(mask: np.ndarray) -> np.ndarray | None:

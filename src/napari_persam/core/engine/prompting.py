@@ -119,6 +119,14 @@ class Prompter:
         self.sam = sam
         self.device = device
         self.config = config
+        self._dense_pe: torch.Tensor | None = None
+
+    def dense_pe(self) -> torch.Tensor:
+        """``prompt_encoder.get_dense_pe()``, computed once: it depends on the model only."""
+        if self._dense_pe is None:
+            with torch.no_grad():
+                self._dense_pe = self.sam.prompt_encoder.get_dense_pe()
+        return self._dense_pe
 
     # ------------------------------------------------------------ guidance
     def guidance(self, embedding: ImageEmbedding, concept: Concept) -> Guidance:
@@ -218,10 +226,14 @@ class Prompter:
                 boxes=box_tensor,
                 masks=masks,
             )
+            if masks is None:
+                # Every prompt has the same dense embedding (SAM's "no mask"): one for
+                # all lets the decoder project the image once (see decode_masks).
+                dense = dense[:1]
             return decode_masks(
                 self.sam.mask_decoder,
                 image_embeddings=embedding.features,
-                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                image_pe=self.dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
@@ -230,9 +242,12 @@ class Prompter:
             )
 
     def to_mask(self, embedding: ImageEmbedding, logits: torch.Tensor) -> np.ndarray:
-        """(4gh, 4gw) low-resolution logits -> (H, W) bool mask in image pixels."""
-        upscaled = embedding.geometry.grid_to_image(logits)
-        return (upscaled > self.sam.mask_threshold).cpu().numpy()
+        """(4gh, 4gw) low-resolution logits -> (H, W) bool mask in image pixels.
+
+        Upscaled only around the logits above SAM's threshold (the same mask as
+        upscaling everything: :meth:`SamGeometry.mask_from_logits`).
+        """
+        return embedding.geometry.mask_from_logits(logits, float(self.sam.mask_threshold))
 
     # ------------------------------------------------------------ cascade
     def cascade(

@@ -20,6 +20,7 @@ from napari_persam.core.engine.concepts import ClassConcepts, Concept
 from napari_persam.core.engine.embeddings import ImageEmbedding
 from napari_persam.core.engine.instances import find_instances, merge_class_instances
 from napari_persam.core.engine.postprocess import tight_box
+from napari_persam.core.engine.prefetch import prefetched
 from napari_persam.core.engine.prompting import Prompter, PromptSet, extreme_points
 from napari_persam.core.engine.results import (
     Instances,
@@ -105,6 +106,7 @@ def iter_segment_stack(
     slices: Sequence[int] | None = None,
     instances: bool = False,
     mode: str | None = None,
+    keep_results: bool = True,
 ) -> ProgressGenerator[dict]:
     """Segment the slices of ``stack``, yielding each result as it is ready.
 
@@ -127,6 +129,10 @@ def iter_segment_stack(
         of one object per class.
     mode : {"propagate", "independent"}, optional
         Default: ``prompter.config.stack_mode``.
+    keep_results : bool
+        Return every slice's result at the end. ``False`` (callers that store each
+        result as it is yielded) keeps only the neighbours propagation still needs:
+        a 2048 x 2048 slice's result holds 20 MiB.
 
     Yields
     ------
@@ -137,7 +143,12 @@ def iter_segment_stack(
     Returns
     -------
     dict of int -> result
-        Every finished slice.
+        Every finished slice (empty with ``keep_results=False``).
+
+    Notes
+    -----
+    The next slice is read in a helper thread while this one is encoded, so a
+    stack on disk is encoded back to back.
     """
     config = prompter.config
     mode = mode or config.stack_mode
@@ -153,11 +164,25 @@ def iter_segment_stack(
     tracker = _IdTracker()
     results: dict[int, object] = {}
     order = slice_order(indices, reference_index)
-    for done, (z, neighbour) in enumerate(order, start=1):
-        embedding = embed(np.asarray(stack[z]))
-        previous = (
-            results.get(neighbour) if (mode == "propagate" and neighbour is not None) else None
-        )
+    # How many later slices still take each slice as their neighbour.
+    wanted: dict[int, int] = {}
+    if mode == "propagate":
+        for _, neighbour in order:
+            if neighbour is not None:
+                wanted[neighbour] = wanted.get(neighbour, 0) + 1
+    neighbours: dict[int, object] = {}
+
+    def read(pair: tuple[int, int | None]) -> np.ndarray:
+        return np.asarray(stack[pair[0]])
+
+    for done, ((z, neighbour), image) in enumerate(prefetched(order, read), start=1):
+        embedding = embed(image)
+        previous = None
+        if mode == "propagate" and neighbour is not None:
+            previous = neighbours.get(neighbour)
+            wanted[neighbour] -= 1
+            if wanted[neighbour] == 0:
+                neighbours.pop(neighbour, None)  # no later slice steers from it
         if instances:
             result = _slice_instances(prompter, embedding, members, previous, tracker, concept)
         else:
@@ -169,7 +194,11 @@ def iter_segment_stack(
                 result = merge_class_segmentations(per_class, embedding.geometry.original_hw)
             else:
                 result = per_class[1]
-        results[z] = result
+        previous = None  # released here, not when the next slice is done
+        if wanted.get(z, 0) > 0:
+            neighbours[z] = result
+        if keep_results:
+            results[z] = result
         yield Progress(
             done, len(order), f"slice {z} ({done} of {len(order)})", index=z, result=result
         )

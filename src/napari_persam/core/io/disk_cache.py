@@ -13,8 +13,8 @@ Layout under the cache folder::
     <root>/.evicted/                      entries being deleted (never read)
 
 An entry's name is the SHA-256 of its signature: the engine's key (model
-fingerprint, content hash of the prepared RGB image, encoder dtype), the
-checkpoint hash when known, and the package version. The prepared image already
+fingerprint, content hash of the prepared RGB image, encoder dtype, encoder
+backend), the checkpoint hash when known, and the package version. The prepared image already
 reflects the channel choice and the model fingerprint the architecture
 (``img_size``), so a changed image, model or preprocessing never reuses an entry;
 the stored signature is compared again on every read.

@@ -20,9 +20,13 @@ if TYPE_CHECKING:  # pragma: no cover
 def _segment_anything(name: str) -> Sam:
     from segment_anything import sam_model_registry
 
+    from napari_persam.core.models.fast_attention import use_sdpa_attention
+
     # checkpoint=None: segment_anything's own loader uses a plain torch.load, which
     # can execute pickled code, so checkpoints are loaded by .loading instead.
-    return sam_model_registry[name](checkpoint=None).eval()
+    sam = sam_model_registry[name](checkpoint=None).eval()
+    use_sdpa_attention(sam.image_encoder)  # same weights and keys, fused attention
+    return sam
 
 
 def _mobile_sam() -> Sam:
@@ -67,6 +71,7 @@ def build_tiny_sam(
     from segment_anything.modeling import ImageEncoderViT
 
     from napari_persam.core.models.assembly import sam_around_encoder
+    from napari_persam.core.models.fast_attention import use_sdpa_attention
 
     patch = 16
     # fork_rng: seeding must not change the caller's global random state.
@@ -86,6 +91,7 @@ def build_tiny_sam(
             window_size=8,
             out_chans=prompt_dim,
         )
+        use_sdpa_attention(encoder)  # as in the published ViTs
         return sam_around_encoder(
             encoder,
             img_size=img_size,

@@ -1,0 +1,241 @@
+"""What PerSAM adds around the encoder, against its bounds: PerSAM-F, instances, stacks.
+
+In one run, CPU time (all threads) and wall-clock time, medians:
+
+- **PerSAM-F fit**: the 1000 AdamW steps on one reference's 128 x 128 logits
+  (the decoder call before them excluded);
+- **every-instance search**: SAM's mask decoder FLOPs per prompt for the first,
+  guided call and for a refinement call (``torch.utils.flop_counter``), the
+  resulting FLOP bound per candidate (three calls) at the CPU-time GEMM rate
+  measured on the spot, and the measured cost per decoded candidate for 20, 100
+  and 300 candidates on a cached 1280 x 1280 image;
+- **stacks**: time per slice of a 512 x 512 stack through ``segment_stack``, and
+  the share of it that is not the image encoder.
+
+The tiny model has SAM's full decoder (what the instance search costs does not
+depend on the encoder); the stack uses ``--stack-model`` with the default encoder
+backend. Run from the repository root::
+
+    PYTHONPATH=src python benchmarks/engine_bounds.py --out benchmarks/results
+    PYTHONPATH=src python benchmarks/engine_bounds.py --quick   # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_persam.core import PerSAMConfig
+from napari_persam.core.engine_builder import EngineSpec, build_engine
+
+
+def cpu_gemm_rate(size: int = 1024, repeats: int = 5) -> float:
+    """FLOP per CPU-second of a float32 matmul (best of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        a @ b
+        best = min(best, time.process_time() - start)
+    return 2 * size**3 / max(best, 1e-9)
+
+
+def lap(function, *args, **kwargs):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    result = function(*args, **kwargs)
+    return result, {"wall": time.perf_counter() - start, "cpu": time.process_time() - start_cpu}
+
+
+def scene(shape: tuple[int, int], count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image with ``count`` bright discs (nuclei-like) and the mask of the first."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(60, 8, shape).clip(0, 255)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    first = None
+    for _ in range(count):
+        y, x = rng.integers(20, np.array(shape) - 20)
+        disc = (yy - y) ** 2 + (xx - x) ** 2 <= 12**2
+        image[disc] = rng.normal(190, 10, int(disc.sum())).clip(0, 255)
+        first = disc if first is None else first
+    return image.astype(np.uint8), first
+
+
+def decoder_flops(engine, embedding, guidance, prompt) -> dict[str, float]:
+    """FLOPs per prompt of the first (guided, single mask) and a refinement decoder call."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    prompter = engine.prompter
+    for parameter in engine.sam.parameters():
+        parameter.requires_grad_(False)  # the counter's module hooks expect no autograd here
+    batch = 8
+    prompts = [prompt] * batch
+    flops = {}
+    counter = FlopCounterMode(display=False)
+    with counter:
+        low, _ = prompter.decode(
+            embedding,
+            prompts,
+            boxes=[None] * batch,
+            mask_inputs=None,
+            multimask=False,
+            guidance=guidance,
+        )
+    flops["first"] = counter.get_total_flops() / batch
+    counter = FlopCounterMode(display=False)
+    box = np.array([10.0, 10.0, 60.0, 60.0])
+    with counter:
+        prompter.decode(
+            embedding,
+            prompts,
+            boxes=[box] * batch,
+            mask_inputs=low[:, 0],
+            multimask=True,
+            guidance=None,
+        )
+    flops["refinement"] = counter.get_total_flops() / batch
+    flops["cascade"] = flops["first"] + 2 * flops["refinement"]
+    return flops
+
+
+def bench_instances(counts: list[int], rounds: int) -> dict:
+    config = PerSAMConfig(instance_threshold=-1.0, instance_spacing=8.0, min_area_fraction=0.0)
+    engine = build_engine(model="tiny", device="cpu", disk_cache=False, config=config)
+    image, mask = scene((1280, 1280), 40, seed=1)
+    concept = engine.learn(image, mask)
+    embedding = engine.embed(image)  # cached from here on
+    guidance = engine.prompter.guidance(embedding, concept)
+    flops = decoder_flops(engine, embedding, guidance, engine.prompter.prior_prompt(guidance))
+    rate = cpu_gemm_rate()
+    decoded = {"prompts": 0}
+    original = engine.prompter.cascade
+
+    def counting(embedding, prompts, guidance):
+        decoded["prompts"] += len(prompts)
+        return original(embedding, prompts, guidance)
+
+    engine.prompter.cascade = counting  # type: ignore[method-assign]
+    results = {}
+    for count in counts:
+        engine.config = dataclasses.replace(config, max_instances=count)
+        engine.prompter.config = engine.config
+        laps = []
+        for _ in range(rounds):
+            decoded["prompts"] = 0
+            found, time_lap = lap(engine.segment_instances, image, concept)
+            laps.append({**time_lap, "decoded": decoded["prompts"], "found": found.count})
+        cpu = statistics.median(item["cpu"] for item in laps)
+        prompts = statistics.median(item["decoded"] for item in laps)
+        per = cpu / max(prompts, 1)
+        bound = flops["cascade"] / rate
+        results[count] = {
+            "cpu_s": cpu,
+            "wall_s": statistics.median(item["wall"] for item in laps),
+            "candidates_decoded": prompts,
+            "objects": laps[-1]["found"],
+            "cpu_per_candidate_s": per,
+            "bound_per_candidate_s": bound,
+            "over_bound": per / bound,
+        }
+    del engine.prompter.cascade
+    return {
+        "decoder_gflop_per_prompt": {k: v / 1e9 for k, v in flops.items()},
+        "gemm_gflop_per_cpu_s": rate / 1e9,
+        "by_candidates": results,
+    }
+
+
+def bench_finetune(rounds: int) -> dict:
+    from napari_persam.core.engine.finetune import fit_mask_weights
+
+    generator = torch.Generator().manual_seed(0)
+    logits = [torch.randn(3, 128 * 128, generator=generator) * 5]
+    targets = [(torch.rand(128 * 128, generator=generator) > 0.7).float()]
+    laps = [lap(fit_mask_weights, logits, targets, steps=1000)[1] for _ in range(rounds)]
+    return {key: statistics.median(item[key] for item in laps) for key in ("wall", "cpu")}
+
+
+def bench_stack(model: str, slices: int, backend: str) -> dict:
+    config = PerSAMConfig(encoder_backend=backend)
+    spec = EngineSpec(model=model, device="cpu", disk_cache=False, config=config)
+    engine = build_engine(spec)
+    rng = np.random.default_rng(2)
+    stack = np.stack(
+        [scene((512, 512), 12, seed=int(rng.integers(1 << 30)))[0] for _ in range(slices)]
+    )
+    _, reference = scene((512, 512), 12, seed=5)
+    concept = engine.learn(stack[0], reference if reference.any() else stack[0] > 128)
+    encoder_laps = []
+    original = engine._embed_rgb
+
+    def timed(rgb):
+        result, time_lap = lap(original, rgb)
+        encoder_laps.append(time_lap)
+        return result
+
+    engine._embed_rgb = timed  # type: ignore[method-assign]
+    engine.cache.clear()
+    steps = []
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for _ in engine.segment_stack(stack, concept, reference_index=0, keep_results=False):
+        now, now_cpu = time.perf_counter(), time.process_time()
+        steps.append({"wall": now - start, "cpu": now_cpu - start_cpu})
+        start, start_cpu = now, now_cpu
+    del engine._embed_rgb
+    per_slice = {
+        key: statistics.median(item[key] for item in steps[1:] or steps) for key in ("wall", "cpu")
+    }
+    encoder = {
+        key: statistics.median(item[key] for item in encoder_laps[1:] or encoder_laps)
+        for key in ("wall", "cpu")
+    }
+    return {
+        "model": model,
+        "backend": engine.encoder_backend,
+        "slices": slices,
+        "per_slice": per_slice,
+        "encoding": encoder,
+        "overhead_over_encoding_cpu": (per_slice["cpu"] - encoder["cpu"]) / encoder["cpu"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", type=int, nargs="+", default=[20, 100, 300])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stack-model", default="vit_t")
+    parser.add_argument("--stack-slices", type=int, default=100)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.candidates, args.rounds, args.stack_model, args.stack_slices = [5], 1, "tiny", 3
+    load = [os.getloadavg()[0]]
+    results = {"finetune": bench_finetune(args.rounds)}
+    print("PerSAM-F fit (1000 steps, 128 x 128):", results["finetune"], flush=True)
+    results["instances"] = bench_instances(args.candidates, args.rounds)
+    print(json.dumps(results["instances"], indent=1), flush=True)
+    results["stack"] = bench_stack(args.stack_model, args.stack_slices, args.backend)
+    print(json.dumps(results["stack"], indent=1), flush=True)
+    load.append(os.getloadavg()[0])
+    results["load_average"] = load
+    results["threads"] = torch.get_num_threads()
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "engine_bounds.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

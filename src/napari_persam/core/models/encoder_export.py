@@ -1,0 +1,235 @@
+"""Exporting a model's image encoder to ONNX once per checkpoint, kept in the cache folder.
+
+Fast CPU runtimes (OpenVINO, ONNX Runtime) run SAM's image encoder from an ONNX
+file. Exporting takes a minute for ViT-B, so it is done once per set of weights
+and kept::
+
+    <cache>/encoders/<weights id>/<model>-<img_size>px-v<EXPORT_FORMAT>/
+        encoder.onnx          the graph: (1, 3, S, S) float32 pixels -> (1, C, gh, gw)
+        encoder.onnx.data     its weights (ONNX external data; absent for small models)
+        record.json           what was exported, and the SHA-256 of every file above
+
+``<weights id>`` is the checkpoint's SHA-256 when known, else ``state-`` and the
+SHA-256 of the encoder's weights as loaded. An export is written into
+``encoders/.incoming/`` and renamed into place only when complete and checked, so a
+killed export leaves nothing under a final name. Every use re-hashes the files
+against the record: a corrupt or stale export
+(another format version, a file changed or missing) is deleted and made again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari_persam.core.paths import encoders_dir
+from napari_persam.core.progress import Progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+#: Bump when the exported graph changes (inputs, outputs, opset): older exports are rebuilt.
+EXPORT_FORMAT = 1
+ONNX_OPSET = 18
+MODEL_FILE = "encoder.onnx"
+RECORD_FILE = "record.json"
+_INCOMING = ".incoming"
+_HASH_CHUNK = 8 << 20
+# Leftovers of killed exports are removed after this long (an export takes minutes).
+_STALE_INCOMING_S = 6 * 3600.0
+
+
+class ExportError(RuntimeError):
+    """The encoder could not be exported (the caller falls back to PyTorch)."""
+
+
+def weights_id(encoder: torch.nn.Module, checkpoint_sha256: str | None) -> str:
+    """The folder name of ``encoder``'s exports: the checkpoint's SHA-256 when known.
+
+    Without it (random weights, a model of the user's) the SHA-256 of the
+    encoder's tensors as they are, names and shapes included: a full hash, since a
+    sampled one could give two sets of weights the same export.
+    """
+    if checkpoint_sha256:
+        return checkpoint_sha256.lower()
+    import torch
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in encoder.state_dict().items():
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+    return "state-" + digest.hexdigest()
+
+
+def export_folder(
+    *, model_name: str, img_size: int, weights: str, root: str | os.PathLike | None = None
+) -> Path:
+    """Where the export of ``model_name`` with weights ``weights`` is (or will be) kept."""
+    return encoders_dir(root) / weights / f"{model_name}-{int(img_size)}px-v{EXPORT_FORMAT}"
+
+
+def iter_exported_encoder(
+    encoder: torch.nn.Module,
+    *,
+    model_name: str,
+    img_size: int,
+    weights: str,
+    root: str | os.PathLike | None = None,
+    check: Any = None,
+) -> Generator[Progress, None, Path]:
+    """The ONNX file of ``encoder``, exported now unless a valid export is kept.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        SAM's image encoder (on the CPU, float32, eval mode); it is not modified.
+    model_name, img_size : str, int
+        Registry name and the encoder's input side.
+    weights : str
+        :func:`weights_id` of the encoder.
+    root : path, optional
+        The cache root (default :func:`napari_persam.core.paths.cache_root`).
+    check : callable, optional
+        ``check(onnx_path) -> dict`` runs the new export before it is kept (e.g.
+        against PyTorch on one input) and raises to refuse it; what it returns is
+        added to the record.
+
+    Yields
+    ------
+    Progress
+        Before and after an export (its one-time cost in the message).
+
+    Raises
+    ------
+    ExportError
+        If exporting failed; nothing is left behind.
+    """
+    folder = export_folder(model_name=model_name, img_size=img_size, weights=weights, root=root)
+    expected = {"format": EXPORT_FORMAT, "model": model_name, "img_size": int(img_size)}
+    expected["weights"] = weights
+    if verify_export(folder, expected):
+        return folder / MODEL_FILE
+    if folder.exists():  # corrupt, stale or unfinished by another version: made again
+        shutil.rmtree(folder, ignore_errors=True)
+    message = (
+        f"exporting the {model_name} image encoder for the fast CPU backend "
+        "(once per checkpoint; about a minute for ViT-B)"
+    )
+    yield Progress(0, 1, message)
+    start = time.perf_counter()
+    incoming = encoders_dir(root) / _INCOMING
+    incoming.mkdir(parents=True, exist_ok=True)
+    _remove_stale(incoming)
+    work = incoming / f"{folder.name}-{uuid.uuid4().hex}"
+    work.mkdir()
+    try:
+        _export_onnx(encoder, img_size=img_size, path=work / MODEL_FILE)
+        checked = dict(check(work / MODEL_FILE)) if check is not None else {}
+        record = {
+            **expected,
+            "files": {path.name: _sha256(path) for path in _payload(work)},
+            "opset": ONNX_OPSET,
+            "export_seconds": round(time.perf_counter() - start, 1),
+            **checked,
+        }
+        _write_json(work / RECORD_FILE, record)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(work, folder)
+        except OSError:
+            # Another process (a Dask worker) kept the same export first: use that one.
+            if not verify_export(folder, expected):
+                raise
+    except ExportError:
+        raise
+    except Exception as error:
+        raise ExportError(f"exporting the image encoder to ONNX failed: {error}") from error
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    yield Progress(1, 1, f"exported the {model_name} image encoder in {seconds:.0f} s (once)")
+    return folder / MODEL_FILE
+
+
+def verify_export(folder: Path, expected: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds a complete export matching ``expected`` and its checksums."""
+    try:
+        record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in expected.items()):
+        return False
+    files = record.get("files")
+    if not isinstance(files, dict) or MODEL_FILE not in files:
+        return False
+    present = {path.name for path in _payload(folder)}
+    if present != set(files):
+        return False
+    return all(_sha256(folder / name) == digest for name, digest in files.items())
+
+
+def _export_onnx(encoder: torch.nn.Module, *, img_size: int, path: Path) -> None:
+    import torch
+
+    example = torch.zeros(1, 3, int(img_size), int(img_size))
+    chatter = io.StringIO()  # the exporter prints its steps; a failure quotes them
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(chatter):
+            torch.onnx.export(
+                encoder,
+                (example,),
+                str(path),
+                dynamo=True,
+                input_names=["pixels"],
+                output_names=["embedding"],
+                opset_version=ONNX_OPSET,
+                external_data=True,
+                verbose=False,
+            )
+    except Exception as error:
+        tail = chatter.getvalue().strip().splitlines()[-3:]
+        raise ExportError(f"{type(error).__name__}: {error} {' '.join(tail)}".strip()) from error
+    if not path.is_file():
+        raise ExportError("the ONNX exporter wrote no file")
+
+
+def _payload(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name != RECORD_FILE)
+
+
+def _sha256(path: Path) -> str:
+    # Hashed on every use, not memoised by size and time: a file rewritten within the
+    # file system's timestamp resolution would otherwise pass. An engine loads its
+    # encoder once (about 0.3 s for ViT-B's 360 MB).
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(values, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _remove_stale(incoming: Path) -> None:
+    now = time.time()
+    for leftover in incoming.iterdir():
+        try:
+            if now - leftover.stat().st_mtime > _STALE_INCOMING_S:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            continue
