@@ -45,29 +45,39 @@ def test_keeping_freed_memory_on_glibc_and_nowhere_else(monkeypatch):
     assert devices.release_freed_memory() is False
 
 
+_PAGE_FAULTS = """
+import resource, torch
+from napari_persam.core import devices
+
+def faults_of_large_temporaries():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        # 64 MiB, above glibc's mmap threshold (torch, as the encoder: numpy asks
+        # the kernel for huge pages, which hides the storm)
+        block = torch.ones(64 * 1024 * 1024 // 8, dtype=torch.float64)
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+plain = faults_of_large_temporaries()
+devices.keep_freed_memory()
+faults_of_large_temporaries()  # the heap grows once
+print(plain, faults_of_large_temporaries())
+"""
+
+
 def test_kept_memory_means_no_page_fault_storm():
-    import resource
+    import subprocess
+    import sys
 
     from napari_persam.core import devices
 
     if devices._glibc() is None:
         pytest.skip("glibc only")
-
-    def faults_of_large_temporaries():
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(5):
-            # 64 MiB, above glibc's mmap threshold (torch, as the encoder: numpy asks
-            # the kernel for huge pages, which hides the storm)
-            block = torch.ones(64 * 1024 * 1024 // 8, dtype=torch.float64)
-            del block
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    plain = faults_of_large_temporaries()
-    try:
-        devices.keep_freed_memory()
-        faults_of_large_temporaries()  # the heap grows once
-        kept = faults_of_large_temporaries()
-    finally:
-        devices.release_freed_memory()
+    # A fresh process, as the command line is: the settings are process-wide, and
+    # what other tests allocated before would blur the counts.
+    done = subprocess.run(
+        [sys.executable, "-c", _PAGE_FAULTS], capture_output=True, text=True, check=True
+    )
+    plain, kept = map(int, done.stdout.split())
     assert plain > 5 * 16000  # every 64 MiB block faulted in anew (4 KiB pages)
     assert kept < plain / 10

@@ -47,6 +47,22 @@ def test_the_engine_is_built_once_per_process_and_spec():
     assert engine_for(other) is not engine_for(spec)
 
 
+def test_freed_memory_is_kept_only_in_worker_processes_we_started(monkeypatch):
+    from napari_persam.core.batch import cluster
+
+    calls = []
+    monkeypatch.setattr(cluster, "keep_freed_memory", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(cluster, "_ENGINES", {})
+    monkeypatch.delenv(cluster._OWNED_WORKER, raising=False)
+    spec = EngineSpec(model="tiny", device="cpu", disk_cache=False)
+    engine_for(spec)  # the caller's process, or a worker of the user's own cluster
+    assert calls == []
+    monkeypatch.setenv(cluster._OWNED_WORKER, "1")  # as LocalCluster(env=...) sets it
+    monkeypatch.setattr(cluster, "_ENGINES", {})
+    engine_for(spec)
+    assert calls == [{"single_arena": True}]
+
+
 def test_dask_runner_rejects_unclear_requests():
     with pytest.raises(ValueError, match="either workers"):
         DaskRunner()

@@ -51,8 +51,9 @@ class FakeEngine:
             ids=np.array([300], np.int32),
         )
 
-    def segment_stack(self, stack, concept, *, reference_index, instances, mode):
+    def segment_stack(self, stack, concept, *, reference_index, instances, mode, keep_results):
         assert mode == "propagate" and not instances
+        assert not keep_results  # a batch run writes each slice as it comes
         self.reference_index = reference_index
         depth = stack.shape[0]  # zarr arrays have no len()
         order = [reference_index, *range(reference_index + 1, depth),

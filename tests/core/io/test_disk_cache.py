@@ -191,7 +191,7 @@ class CountingStack:
         return self.data[index]
 
 
-def test_a_stack_is_read_one_slice_at_a_time_and_each_slice_encoded_once(tmp_path, rng):
+def test_a_stack_is_read_slice_by_slice_and_each_slice_encoded_once(tmp_path, rng):
     engine, encoder = _counting_engine(tmp_path)
     stack = CountingStack(rng.integers(0, 255, (4, 32, 40), dtype=np.uint8))
     mask = np.zeros((32, 40), bool)
@@ -201,7 +201,9 @@ def test_a_stack_is_read_one_slice_at_a_time_and_each_slice_encoded_once(tmp_pat
     work = engine.segment_stack(stack, concept, reference_index=2, mode="independent")
     assert stack.reads == []  # nothing is read before the work starts
     first = next(work)
-    assert first.index == 2 and stack.reads == [2] and encoder.calls == 1  # cached
+    assert first.index == 2 and encoder.calls == 1  # cached
+    # The reference slice, and at most the next one read ahead while it was decoded.
+    assert stack.reads[0] == 2 and len(stack.reads) <= 2
     run(work)
     assert sorted(stack.reads) == [0, 1, 2, 3] and encoder.calls == 4
     run(engine.segment_stack(stack, concept, reference_index=2, mode="independent"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Sequence
@@ -55,23 +56,19 @@ def engine_for(spec: EngineSpec) -> PerSAM:
     with _LOCK:
         engine = _ENGINES.get(spec)
         if engine is None:
-            if _in_dask_worker():
-                # A worker process is ours: keep freed memory in the heap (no page-fault
-                # storm per image), all threads on one arena (tasks run in threads).
+            if os.environ.get(_OWNED_WORKER) == "1":
+                # A worker process we started: keep freed memory in the heap (no
+                # page-fault storm per image), all threads on one arena (tasks run in
+                # threads). Never in a worker of the user's own cluster, nor in a
+                # worker thread inside the user's process: those processes are theirs.
                 keep_freed_memory(single_arena=True)
             engine = build_engine(spec)
             _ENGINES[spec] = engine
         return engine
 
 
-def _in_dask_worker() -> bool:
-    try:
-        from distributed import get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
-        return False
-    return True
+# Set in the worker processes of the LocalCluster we start, and nowhere else.
+_OWNED_WORKER = "NAPARI_PERSAM_OWNED_WORKER"
 
 
 def concepts_from_bytes(payload: bytes) -> dict[int, Concept]:
@@ -158,6 +155,7 @@ class DaskRunner:
             host="127.0.0.1",
             dashboard_address=None,
             silence_logs=logging.CRITICAL,  # failures are reported per item,
+            env={_OWNED_WORKER: "1"},
         )
         self.client = Client(self.cluster)
         return self
