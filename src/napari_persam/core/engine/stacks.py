@@ -21,6 +21,7 @@ from napari_persam.core.engine.embeddings import ImageEmbedding
 from napari_persam.core.engine.instances import find_instances, merge_class_instances
 from napari_persam.core.engine.postprocess import tight_box
 from napari_persam.core.engine.prompting import Prompter, PromptSet, extreme_points
+from napari_persam.core.engine.retrieval import segment_object
 from napari_persam.core.engine.results import (
     Instances,
     LabelSegmentation,
@@ -207,7 +208,7 @@ def _slice_object(
     previous_mask: np.ndarray | None,
 ) -> Segmentation:
     if previous_mask is None:
-        return prompter.segment(embedding, concept)
+        return segment_object(prompter, embedding, concept)
     guidance = prompter.guidance(embedding, concept)
     prompt = propagation_prompt(
         previous_mask,
@@ -297,4 +298,5 @@ class _IdTracker:
             classes=current.classes,
             points=current.points,
             ids=new_ids,
+            distances=current.distances,
         )

@@ -13,9 +13,19 @@ A concept file never holds pickled objects, so loading one cannot run code
     (C,) float32, ``mask_weights`` (3,) float32 when fine-tuned, ...).
 
 New ndarray or scalar fields of :class:`Concept` (for example per-shot
-embeddings) are stored by the same rule without a format change; the reference
-images (``Concept.shots``) are not stored, so a loaded concept cannot be
-fine-tuned again.
+embeddings) are stored by the same rule; the reference images
+(``Concept.shots``) are not stored, so a loaded concept cannot be fine-tuned
+again.
+
+Format versions (see ``FORMAT_VERSION``):
+
+1. PerSAM's concept: target and per-shot embeddings, similarity levels, PerSAM-F
+   weights.
+2. Adds part-aware prompting (P²SAM) and the user's negatives: ``part_cells``,
+   ``part_prototypes``/``part_groups``, ``background_prototypes``/
+   ``background_groups``, ``negative_prototypes`` (arrays) and
+   ``object_distance``/``background_distance`` (scalars). Version 1 files still
+   load: their concepts have none of these and are prompted as PerSAM does.
 """
 
 from __future__ import annotations
@@ -37,7 +47,9 @@ from napari_persam.core.config import PerSAMConfig, config_from_dict, config_to_
 from napari_persam.core.engine.concepts import Concept
 
 FORMAT_NAME = "napari-persam concept"
-FORMAT_VERSION = 1
+# ---- format version: 2 since part-aware prompting and negatives (see the module
+# docstring); the new Concept fields are written and read by the rule below.
+FORMAT_VERSION = 2
 METADATA_KEY = "metadata"
 #: Concept fields never written: the reference images are large and may be private.
 _NOT_SAVED = frozenset({"shots"})
