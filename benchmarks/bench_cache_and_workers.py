@@ -63,9 +63,9 @@ def reference_mask(image: np.ndarray) -> np.ndarray:
 
 def bench_cache(model: str, stack: np.ndarray) -> dict:
     from napari_persam.core.engine import persam
+    from napari_persam.core.engine.persam import PerSAM
     from napari_persam.core.io.disk_cache import DiskEmbeddingCache
     from napari_persam.core.models import build_model
-    from napari_persam.core.engine.persam import PerSAM
 
     sam = build_model(model, device="cpu")
     timings: dict[str, list[float]] = {"encode": [], "disk_read": [], "disk_write": []}
@@ -133,9 +133,9 @@ def bench_cache(model: str, stack: np.ndarray) -> dict:
 def bench_workers(model: str, stack: np.ndarray) -> list[dict]:
     import tifffile
 
+    from napari_persam.core.engine.persam import PerSAM
     from napari_persam.core.io.concept_file import save_concept
     from napari_persam.core.models import build_model
-    from napari_persam.core.engine.persam import PerSAM
 
     results = []
     with tempfile.TemporaryDirectory() as folder:

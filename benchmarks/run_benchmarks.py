@@ -46,9 +46,9 @@ from timing import (  # noqa: E402
 )
 
 from napari_persam.core import PerSAM, PerSAMConfig  # noqa: E402
+from napari_persam.core.devices import resolve_device, supports_bfloat16  # noqa: E402
 from napari_persam.core.engine import persam as persam_module  # noqa: E402
 from napari_persam.core.engine import prompting as prompting_module  # noqa: E402
-from napari_persam.core.devices import resolve_device, supports_bfloat16  # noqa: E402
 from napari_persam.core.evaluation.metrics import iou  # noqa: E402
 from napari_persam.core.models import build_model, build_tiny_sam  # noqa: E402
 from napari_persam.core.progress import run  # noqa: E402

@@ -41,9 +41,7 @@ SAME_WING = {"napari_persam.cli": "napari_persam._cli"}
 def wing_of(module: str) -> tuple[str, int]:
     """The most specific wing a module belongs to."""
     matches = [
-        (name, rank)
-        for name, rank in WINGS
-        if module == name or module.startswith(name + ".")
+        (name, rank) for name, rank in WINGS if module == name or module.startswith(name + ".")
     ]
     name, rank = max(matches, key=lambda item: len(item[0]))
     return SAME_WING.get(name, name), rank
@@ -68,7 +66,9 @@ def test_every_import_points_down_or_stays_in_its_wing():
 def test_the_core_never_imports_a_front_end():
     for module, targets in import_graph().items():
         if module.startswith("napari_persam.core"):
-            assert not [t for t in targets if t.startswith(("napari_persam._", "napari_persam.cli"))]
+            assert not [
+                t for t in targets if t.startswith(("napari_persam._", "napari_persam.cli"))
+            ]
 
 
 @pytest.mark.parametrize("module", sorted(line_counts()))

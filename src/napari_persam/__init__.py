@@ -7,6 +7,6 @@ The headless library lives in :mod:`napari_persam.core`; importing this package
 imports nothing heavy, so napari can list the plugin without loading torch.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

@@ -8,8 +8,8 @@ import pytest
 
 from napari_persam._cli.common import EXIT_BAD_ARGUMENTS, EXIT_OK, EXIT_SOME_FAILED
 from napari_persam.cli import main
-from napari_persam.core.models import checkpoints as weights
 from napari_persam.core.models import MODEL_REGISTRY
+from napari_persam.core.models import checkpoints as weights
 from tests._checkpoints import stand_in
 from tests._http_server import LoopbackServer, block_internet
 

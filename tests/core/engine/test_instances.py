@@ -7,8 +7,8 @@ import pytest
 
 from napari_persam.core import PerSAM, PerSAMConfig
 from napari_persam.core.engine.concepts import ClassConcepts
-from napari_persam.core.engine.results import Instances
 from napari_persam.core.engine.instances import candidate_points
+from napari_persam.core.engine.results import Instances
 from tests.synthetic import (
     DISTRACTORS,
     TARGET,

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from napari_persam.core.progress import run
 from napari_persam.core.evaluation.compare import iter_compare_stacks
+from napari_persam.core.progress import run
 
 
 def _stack():

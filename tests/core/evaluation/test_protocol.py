@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import tifffile
 from PIL import Image
 
 from napari_persam.core.engine.results import Segmentation

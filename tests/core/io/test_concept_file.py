@@ -10,6 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.engine.concepts import Concept
 from napari_persam.core.io.concept_file import (
     FORMAT_VERSION,
@@ -20,7 +21,6 @@ from napari_persam.core.io.concept_file import (
     save_concept,
     save_concepts,
 )
-from napari_persam.core.config import PerSAMConfig
 
 
 def _scene(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +140,8 @@ def test_several_classes_keep_their_label_values(tmp_path):
 
 
 def test_wrong_model_error_names_both_models(engine, rng, tmp_path):
-    from napari_persam.core.models import build_tiny_sam
     from napari_persam.core.engine.persam import PerSAM
+    from napari_persam.core.models import build_tiny_sam
 
     image, mask = _scene(rng)
     path = save_concept(engine.learn(image, mask), tmp_path / "c.npz")

@@ -37,8 +37,8 @@ class CountingEncoder(torch.nn.Module):
 
 
 def _counting_engine(cache_dir: Path):
-    from napari_persam.core.models import build_tiny_sam
     from napari_persam.core.engine.persam import PerSAM
+    from napari_persam.core.models import build_tiny_sam
 
     sam = build_tiny_sam(seed=0)
     sam.image_encoder = CountingEncoder(sam.image_encoder)
@@ -86,8 +86,8 @@ def test_changed_image_or_model_never_reuses_an_entry(tmp_path, rng):
     engine.embed(changed)
     assert encoder.calls == 2
 
-    from napari_persam.core.models import build_tiny_sam
     from napari_persam.core.engine.persam import PerSAM
+    from napari_persam.core.models import build_tiny_sam
 
     other_sam = build_tiny_sam(seed=3)
     other_sam.image_encoder = CountingEncoder(other_sam.image_encoder)

@@ -78,7 +78,9 @@ def test_explicit_threshold_binarises_instances(tmp_path):
 
 
 def test_stack_masks_are_refused_with_advice(tmp_path):
-    tifffile.imwrite(tmp_path / "m.tif", np.zeros((3, 8, 8), dtype=np.uint8), photometric="minisblack")
+    tifffile.imwrite(
+        tmp_path / "m.tif", np.zeros((3, 8, 8), dtype=np.uint8), photometric="minisblack"
+    )
     with pytest.raises(ValueError, match="each slice"):
         read_mask(tmp_path / "m.tif")
 

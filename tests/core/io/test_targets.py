@@ -14,7 +14,9 @@ from napari_persam.core.io.targets import TargetError, read_slice, resolve_targe
 def test_resolve_targets_kinds_globs_folders_and_errors(tmp_path):
     Image.fromarray(np.zeros((8, 9), np.uint8)).save(tmp_path / "b.png")
     tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((8, 9, 3), np.uint8))
-    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((4, 8, 9), np.uint16), photometric="minisblack")
+    tifffile.imwrite(
+        tmp_path / "stack.tif", np.zeros((4, 8, 9), np.uint16), photometric="minisblack"
+    )
     zarr.create_array(store=str(tmp_path / "vol.zarr"), data=np.zeros((2, 8, 9), np.uint8))
     group = zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
     group.create_array("raw", data=np.zeros((2, 8, 9), np.uint8))

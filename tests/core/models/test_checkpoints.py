@@ -13,7 +13,6 @@ import pytest
 
 from napari_persam.core.models import checkpoints as weights
 from napari_persam.core.models import download as downloads
-from napari_persam.core.progress import run
 from napari_persam.core.models.checkpoints import (
     MIRROR_ENV,
     ChecksumError,
@@ -24,6 +23,7 @@ from napari_persam.core.models.checkpoints import (
     read_record,
 )
 from napari_persam.core.paths import CACHE_ENV, checkpoints_dir
+from napari_persam.core.progress import run
 from tests._checkpoints import sha256, stand_in
 from tests._http_server import LoopbackServer
 

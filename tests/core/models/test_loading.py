@@ -19,7 +19,6 @@ from napari_persam.core.models import (
     load_model,
     model_names,
 )
-from napari_persam.core.progress import run
 from napari_persam.core.models.builders import BUILDERS
 from napari_persam.core.models.checkpoints import MIRROR_ENV, DownloadError
 from napari_persam.core.models.state_dicts import (
@@ -28,6 +27,7 @@ from napari_persam.core.models.state_dicts import (
     skip_random_init,
 )
 from napari_persam.core.paths import CACHE_ENV
+from napari_persam.core.progress import run
 from tests._checkpoints import checkpoint_bytes, stand_in, weights_equal
 from tests._http_server import LoopbackServer
 from tests._mobile_sam_reference import official_encoder_state

@@ -8,16 +8,16 @@ from functools import partial
 import pytest
 import torch
 
+from napari_persam.core.models import MODEL_REGISTRY, build_model, iter_load_model
+from napari_persam.core.models.builders import BUILDERS
 from napari_persam.core.models.mobile_sam import (
     TinyViTImageEncoder,
     build_mobile_sam,
     official_to_timm_key,
     official_to_timm_state_dict,
 )
-from napari_persam.core.models import MODEL_REGISTRY, build_model, iter_load_model
-from napari_persam.core.models.builders import BUILDERS
-from napari_persam.core.progress import run
 from napari_persam.core.models.state_dicts import encoder_signature
+from napari_persam.core.progress import run
 from tests._checkpoints import checkpoint_bytes, sha256
 from tests._http_server import LoopbackServer, block_internet
 from tests._mobile_sam_reference import official_encoder_shapes, official_encoder_state
