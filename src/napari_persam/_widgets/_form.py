@@ -42,6 +42,7 @@ class PerSAMForm(Container):
         self._viewer = napari_viewer
         self.image = controls.image()
         self.reference = controls.reference()
+        self.negatives = controls.negatives()
         self.label_value = controls.label_value()
         self.learn_all_values = controls.learn_all_values()
         self.all_painted_slices = controls.all_painted_slices()
@@ -77,18 +78,24 @@ class PerSAMForm(Container):
         self.target_guided_attention = controls.target_guided_attention()
         self.semantic_prompt = controls.semantic_prompt()
         self.min_object_size = controls.min_object_size()
+        # Part-aware prompting (P²SAM): advanced options.
+        self.prompt_mode = controls.prompt_mode()
+        self.min_parts = controls.min_parts()
+        self.max_parts = controls.max_parts()
+        self.max_negative_parts = controls.max_negative_parts()
         self.run_button = controls.run_button()
         self.cancel_button = controls.cancel_button()
         self.status = controls.status()
 
         self.extend([
-            self.image, self.reference, self.label_value, self.learn_all_values,
+            self.image, self.reference, self.negatives, self.label_value, self.learn_all_values,
             self.all_painted_slices, self.reference_slice, self.more_references, extra_row,
             self.find_mode, self.auto_threshold, self.instance_threshold, self.max_instances,
             self.targets, self.first_slice, self.last_slice, self.target_layers,
             self.stack_mode, self.model, self.checkpoint, self.device, self.cache_on_disk,
             self.concept_file, self.finetune, self.finetune_steps,
             self.target_guided_attention, self.semantic_prompt, self.min_object_size,
+            self.prompt_mode, self.min_parts, self.max_parts, self.max_negative_parts,
             self.run_button, self.cancel_button, self.export_path, self.export_button,
             self.status,
         ])  # fmt: skip
@@ -103,6 +110,10 @@ class PerSAMForm(Container):
         self.model.changed.connect(self._on_model_changed)
         self.finetune.changed.connect(self._on_finetune_changed)
         self.concept_file.changed.connect(self._on_concept_file_changed)
+        self.prompt_mode.changed.connect(self._on_prompt_mode_changed)
+        self.min_parts.changed.connect(self._on_parts_changed)
+        self.max_parts.changed.connect(self._on_parts_changed)
+        self._on_prompt_mode_changed()
         self._on_image_changed()
         self._on_model_changed()
         self._on_finetune_changed()
@@ -133,6 +144,16 @@ class PerSAMForm(Container):
     def _on_auto_threshold_changed(self, *_: object) -> None:
         self.instance_threshold.enabled = not self.auto_threshold.value
 
+    def _on_prompt_mode_changed(self, *_: object) -> None:
+        part_aware = self.prompt_mode.value == "part-aware"
+        for widget in (self.min_parts, self.max_parts, self.max_negative_parts):
+            widget.visible = part_aware
+
+    def _on_parts_changed(self, *_: object) -> None:
+        # The range stays a range: moving one end past the other moves both.
+        if self.min_parts.value > self.max_parts.value:
+            self.max_parts.value = self.min_parts.value
+
     def _on_model_changed(self, *_: object) -> None:
         self.checkpoint.visible = self.model.value != TINY_MODEL
 
@@ -145,7 +166,7 @@ class PerSAMForm(Container):
         self.finetune.enabled = not loaded
         if loaded:
             self.finetune.value = False
-        for widget in (self.reference, self.learn_all_values):
+        for widget in (self.reference, self.negatives, self.learn_all_values):
             widget.enabled = not loaded
         self._on_all_values_changed()
         if loaded:
@@ -162,11 +183,18 @@ class PerSAMForm(Container):
             return None
         return Path(path)
 
-    def _request(self, *, concept: object | None = None, extra_shots: list | tuple = ()) -> Request:
+    def _request(
+        self,
+        *,
+        concept: object | None = None,
+        extra_shots: list | tuple = (),
+        extra_negatives: list | tuple = (),
+    ) -> Request:
         image = self.image.value
         return Request(
             image=image,
             reference=self.reference.value,
+            negatives=self.negatives.value,
             label_value=int(self.label_value.value),
             reference_slice=(
                 None if self.all_painted_slices.value else int(self.reference_slice.value)
@@ -190,12 +218,17 @@ class PerSAMForm(Container):
                 ),
                 max_instances=int(self.max_instances.value),
                 stack_mode=self.stack_mode.value,
+                prompt_mode=self.prompt_mode.value,
+                min_parts=int(min(self.min_parts.value, self.max_parts.value)),
+                max_parts=int(self.max_parts.value),
+                max_negative_parts=int(self.max_negative_parts.value),
             ),
             finetune=bool(self.finetune.value),
             learn_all_values=bool(self.learn_all_values.value),
             instances=self.find_mode.value == controls.EVERY_INSTANCE,
             more_references=list(self.more_references.value or []),
             extra_shots=list(extra_shots),
+            extra_negatives=list(extra_negatives),
             concept_file=concept,
             concept_source=repr(str(self._concept_path())),
             cache_on_disk=bool(self.cache_on_disk.value),

@@ -42,13 +42,13 @@ from napari_persam.core.engine.learning import (
     per_reference,
 )
 from napari_persam.core.engine.prompting import Prompter
-from napari_persam.core.engine.retrieval import segment_object
 from napari_persam.core.engine.results import (
     Instances,
     LabelSegmentation,
     Segmentation,
     merge_class_segmentations,
 )
+from napari_persam.core.engine.retrieval import segment_object
 from napari_persam.core.engine.stacks import iter_segment_stack
 from napari_persam.core.progress import Progress, ProgressGenerator
 
@@ -230,9 +230,7 @@ class PerSAM:
         ]
         several = len(pairs) > 1
         checked = [
-            check_negatives(
-                neg, np.isin(np.asarray(lab), wanted), reference=i if several else None
-            )
+            check_negatives(neg, np.isin(np.asarray(lab), wanted), reference=i if several else None)
             for i, (neg, (_, lab)) in enumerate(zip(marked, pairs))
         ]
         references = [self._reference(ref) for ref, _ in pairs]
@@ -437,4 +435,3 @@ class PerSAM:
             instances=instances,
             mode=mode,
         )
-

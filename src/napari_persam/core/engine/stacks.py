@@ -21,13 +21,13 @@ from napari_persam.core.engine.embeddings import ImageEmbedding
 from napari_persam.core.engine.instances import find_instances, merge_class_instances
 from napari_persam.core.engine.postprocess import tight_box
 from napari_persam.core.engine.prompting import Prompter, PromptSet, extreme_points
-from napari_persam.core.engine.retrieval import segment_object
 from napari_persam.core.engine.results import (
     Instances,
     LabelSegmentation,
     Segmentation,
     merge_class_segmentations,
 )
+from napari_persam.core.engine.retrieval import segment_object
 from napari_persam.core.progress import Progress, ProgressGenerator
 
 #: ``embed(image) -> ImageEmbedding``: encodes (and caches) one (H, W[, C]) slice.
