@@ -59,6 +59,15 @@ def measure(*, quick: bool, repeats: int, max_instances: int) -> dict[str, Any]:
         device=device,
         cache=persam.cache,
     )
+    # The smallest part-aware setting beyond PerSAM: 1 or 2 parts, no background parts.
+    small = PerSAM(
+        sam,
+        config=dataclasses.replace(
+            base, prompt_mode="part-aware", max_parts=2, max_negative_parts=0
+        ),
+        device=device,
+        cache=persam.cache,
+    )
     reference, target = inputs.reference, inputs.targets[0]
 
     persam.embed(reference)  # learning is timed on an encoded reference
@@ -71,6 +80,7 @@ def measure(*, quick: bool, repeats: int, max_instances: int) -> dict[str, Any]:
             "learn",
             "segment persam",
             "segment part-aware",
+            "segment part-aware 1-2 parts",
             "instances persam",
             "instances part-aware",
         )
@@ -88,6 +98,8 @@ def measure(*, quick: bool, repeats: int, max_instances: int) -> dict[str, Any]:
         with _breakdown(clock):
             part_seg, lap = timed_call(device, parts.segment, target, concept)
         laps["segment part-aware"].append(lap)
+        _, lap = timed_call(device, small.segment, target, concept)
+        laps["segment part-aware 1-2 parts"].append(lap)
         instances, lap = timed_call(device, persam.segment_instances, target, concept)
         laps["instances persam"].append(lap)
         part_instances, lap = timed_call(device, parts.segment_instances, target, concept)
@@ -104,13 +116,15 @@ def measure(*, quick: bool, repeats: int, max_instances: int) -> dict[str, Any]:
     encoding = medians["encoding"]
     extra = {
         key: {
-            clock_name: (
-                medians[f"{key} part-aware"][clock_name] - medians[f"{key} persam"][clock_name]
-            )
+            clock_name: (medians[key][clock_name] - medians[base_key][clock_name])
             / encoding[clock_name]
             for clock_name in ("wall", "cpu")
         }
-        for key in ("segment", "instances")
+        for key, base_key in (
+            ("segment part-aware", "segment persam"),
+            ("segment part-aware 1-2 parts", "segment persam"),
+            ("instances part-aware", "instances persam"),
+        )
     }
     return {
         "model": "tiny" if quick else "vit_b",
@@ -172,13 +186,13 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {name} | {lap['wall']:.3f} s | {lap['cpu']:.3f} s |")
     lines += ["", "| Extra cost of part-aware, as a share of one encoding | wall | CPU |"]
     lines.append("| --- | --- | --- |")
-    lines.append(
-        f"| one object | {_pct(extra['segment']['wall'])} | {_pct(extra['segment']['cpu'])} |"
+    rows = (
+        ("segment part-aware", "one object, default ranges (1-5 parts, 0-1 background: 10 pairs)"),
+        ("segment part-aware 1-2 parts", "one object, 1-2 parts, no background parts (2 pairs)"),
+        ("instances part-aware", f"every instance (at most {results['max_instances']} candidates)"),
     )
-    lines.append(
-        f"| every instance (at most {results['max_instances']} candidates) | "
-        f"{_pct(extra['instances']['wall'])} | {_pct(extra['instances']['cpu'])} |"
-    )
+    for key, label in rows:
+        lines.append(f"| {label} | {_pct(extra[key]['wall'])} | {_pct(extra[key]['cpu'])} |")
     learn = results["learn_over_encoding"]
     lines.append(
         f"| learning, once per concept (encoded reference) | {_pct(learn['wall'])} | "

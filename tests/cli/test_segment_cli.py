@@ -221,7 +221,6 @@ def test_wrong_model_concept_exits_2_naming_both(data, tmp_path, capsys):
             ["--concept", "{data}/c.npz", "--negative-mask", "{data}/mask.png", "--targets", "x"],
             "--negative-mask goes with --reference",
         ),
-        (["{refs}", "--targets", "{data}/images", "--prompt-mode", "other"], "invalid choice"),
         (["{refs}", "--targets", "{data}/images", "--workers", "0"], "--workers must be"),
         (["{refs}", "--targets", "{data}/images", "--out", "{data}/images"], "overwrite the input"),
         (["{refs}", "--targets", "{data}/images", "--out", "{data}/mask.png"], "is a file"),

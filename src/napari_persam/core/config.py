@@ -90,8 +90,10 @@ class PerSAMConfig:
         prompts give, the one whose cell features are closest to the reference's
         (earth mover's distance); every-instance candidates far from the reference
         or closer to a negative prototype are dropped. ``"persam"``: PerSAM's one
-        positive and one negative point, exactly as before. User negatives (painted
-        "not this") apply in both modes.
+        positive and one negative point, exactly as before (the default: part-aware
+        prompting runs one cascade per pair tried, over half a ViT-B encoding on a CPU
+        with the default ten pairs; see BENCHMARKS.md). User negatives (painted "not
+        this") apply in both modes.
     min_parts, max_parts : int
         Part-aware: part counts tried (1 is PerSAM's mean embedding). A count with
         fewer reference cells than parts is skipped.

@@ -231,6 +231,30 @@ def test_several_references_pool_their_cells_and_set_the_distance_scale(tiny_sam
     )
 
 
+def test_stacks_and_classes_are_prompted_part_aware(tiny_sam, scene):
+    from napari_persam.core import run
+
+    image, mask = scene
+    config = dataclasses.replace(PART_AWARE, max_parts=2, max_negative_parts=0)
+    engine = PerSAM(tiny_sam, config=dataclasses.replace(config, stack_mode="independent"))
+    concept = engine.learn(image, mask)
+    stack = np.stack([image, np.roll(image, 6, axis=1)])
+    results = run(engine.segment_stack(stack, concept, reference_index=0))
+    assert all(result.parts in {(1, 0), (2, 0)} for result in results.values())
+    assert all(set(result.retrieval_distances) == {(1, 0), (2, 0)} for result in results.values())
+
+    labels = mask.astype(np.int32)
+    labels[0:20, 0:30] = 2
+    negatives = np.zeros(mask.shape, dtype=bool)
+    negatives[100:115, 130:155] = True
+    classes = engine.learn_classes(image, labels, negatives=negatives)
+    assert all(c.negative_prototypes.shape == (1, 256) for c in classes.concepts.values())
+    with pytest.raises(InputError, match="overlap"):
+        engine.learn_classes(image, labels, negatives=labels == 2)
+    result = engine.segment(image, classes)
+    assert set(np.unique(result.labels)) <= {0, 1, 2}
+
+
 # ------------------------------------------------------------------ stand-ins
 UNGUIDED = dict(target_guided_attention=False, semantic_prompt=False)
 

@@ -11,6 +11,10 @@ Steps (Zhang et al. 2023, with the official code's known bugs fixed):
 7. cascaded refinement with the mask logits, then also the mask's box;
 8. PerSAM-F mixes SAM's three masks with learned weights;
 9. small connected components are removed.
+
+``prompt_mode="part-aware"`` (P²SAM) replaces step 4 with part and background
+prototypes and keeps the mask closest to the reference (:mod:`.retrieval`); what
+that needs is learned once per concept (:mod:`.learning`, :mod:`.parts`).
 """
 
 from __future__ import annotations
