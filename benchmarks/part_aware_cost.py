@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))  # run as a script: import the sibling modules
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from inputs import load_inputs  # noqa: E402
 from timing import Lap, StageClock, cpu_model, timed_call  # noqa: E402
@@ -112,6 +113,17 @@ def measure(*, quick: bool, repeats: int, max_instances: int) -> dict[str, Any]:
             "instances_part_aware": part_instances.count,
             "reference_cells": len(concept.part_cells),
         }
+    # The reference check of one accepted object (part-aware every-instance mode): its
+    # cells (a pass over the full-resolution mask) and its distance to the reference.
+    embedding = parts.embed(target)
+    check = retrieval.InstanceCheck(
+        parts.prompter, embedding, concept, parts.prompter.guidance(embedding, concept)
+    )
+    height, width = target.shape[:2]
+    blob = np.zeros((height, width), dtype=bool)
+    blob[height // 4 : height // 4 + height // 20, width // 4 : width // 4 + width // 16] = True
+    judge = [timed_call(device, check.judge, blob)[1] for _ in range(5 * repeats)]
+    laps["check per object"] = judge
     medians = {name: _median(values) for name, values in laps.items()}
     encoding = medians["encoding"]
     extra = {
@@ -136,6 +148,9 @@ def measure(*, quick: bool, repeats: int, max_instances: int) -> dict[str, Any]:
         "medians": medians,
         "extra_over_encoding": extra,
         "learn_over_encoding": {k: medians["learn"][k] / encoding[k] for k in ("wall", "cpu")},
+        "check_100_objects_over_encoding": {
+            k: 100 * medians["check per object"][k] / encoding[k] for k in ("wall", "cpu")
+        },
         "part_aware_stages": {
             name: {k: v / repeats for k, v in lap.items()} for name, lap in clock.snapshot().items()
         },
@@ -193,6 +208,11 @@ def to_markdown(results: dict[str, Any]) -> str:
     )
     for key, label in rows:
         lines.append(f"| {label} | {_pct(extra[key]['wall'])} | {_pct(extra[key]['cpu'])} |")
+    check = results["check_100_objects_over_encoding"]
+    lines.append(
+        f"| every instance: reference check of 100 accepted objects | {_pct(check['wall'])} | "
+        f"{_pct(check['cpu'])} |"
+    )
     learn = results["learn_over_encoding"]
     lines.append(
         f"| learning, once per concept (encoded reference) | {_pct(learn['wall'])} | "

@@ -45,6 +45,14 @@ def covered_cells(geometry: SamGeometry, mask: np.ndarray, coverage: float) -> n
     -------
     (gh, gw) bool
         All False for an empty mask.
+
+    Notes
+    -----
+    P²SAM's code picks cells by resizing the mask (or the result's logits) to the
+    grid bilinearly and thresholding: that samples points instead of measuring
+    area, so a thin object can lose every cell, and its ``p2sam_perseg`` then
+    compares an empty set. Coverage by area, with the best-covered fallback, keeps
+    every non-empty mask represented.
     """
     fraction = geometry.mask_coverage(mask)
     best = float(fraction.max())

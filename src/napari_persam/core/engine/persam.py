@@ -369,7 +369,9 @@ class PerSAM:
             ``labels`` (H, W) int32 (0 background, 1..N), ``scores`` (N,),
             ``similarity`` (H, W), ``classes`` (N,) (the class value of each object:
             for several classes, ids run across classes and ``class_map()`` gives the
-            class image), ``points`` (N, 2).
+            class image), ``points`` (N, 2), ``distances`` (N,) (part-aware: each
+            object's distance to the reference; objects far from it, or closer to a
+            negative prototype, are dropped).
         """
         embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
         members = concept.concepts if isinstance(concept, ClassConcepts) else {1: concept}

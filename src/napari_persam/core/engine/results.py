@@ -72,9 +72,9 @@ class Instances:
         The value of each object in ``labels``: 1..N for one image; in a stack,
         ids follow objects from slice to slice and need not be consecutive.
     distances : (N,) float32
-        Earth mover's distance between each object's cells and the reference
-        object's (as :attr:`Segmentation.retrieval_distances`); NaN when the concept
-        has no reference cells.
+        Part-aware prompting: earth mover's distance between each object's cells
+        and the reference object's (as :attr:`Segmentation.retrieval_distances`).
+        NaN with PerSAM's prompts, or when the concept has no reference cells.
     """
 
     labels: np.ndarray

@@ -281,6 +281,7 @@ class InstanceCheck:
     ) -> None:
         config = prompter.config
         part_aware = config.prompt_mode == "part-aware"
+        self.part_aware = part_aware
         self.concept = concept
         self.cells = ImageCells(embedding, config.foreground_coverage)
         self.negative_points = user_negative_points(self.cells, concept, guidance)
@@ -306,11 +307,15 @@ class InstanceCheck:
 
         Dropped: farther than :attr:`limit`, or its mean feature closer (cosine) to
         a negative prototype (the user's, or part-aware background prototypes) than
-        to any of the concept's.
+        to any of the concept's. The distance is part-aware's (NaN with PerSAM's
+        prompts): finding a mask's cells costs a pass over the full-resolution mask,
+        which for a hundred objects would be a tenth of an encoding.
         """
+        if not self.part_aware and not len(self.negatives):
+            return True, math.nan  # PerSAM: nothing to check, nothing added to its cost
         rows = self.cells.rows(mask)
         distance = math.nan
-        if self.concept.part_cells is not None:
+        if self.part_aware and self.concept.part_cells is not None:
             distance = earth_movers_distance(self.concept.part_cells, rows)
         if self.limit is not None and distance > self.limit:
             return False, distance
