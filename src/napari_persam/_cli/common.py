@@ -319,7 +319,7 @@ def learn_concept(
             except ValueError as error:
                 raise usage_error(error, f"Cannot read --negative-mask {path!r}: ") from error
     try:
-        concept = engine.learn(loaded, negatives=negatives)
+        concept = engine.learn(loaded, negatives=negatives) if negatives else engine.learn(loaded)
         if finetune:
             concept = engine.finetune(concept)
     except ValueError as error:

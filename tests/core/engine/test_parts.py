@@ -136,3 +136,20 @@ def test_concept_checks_its_part_arrays():
     assert concept.distance_threshold is None
     scaled = Concept(target_embedding=np.ones(4), model_fingerprint="f", background_distance=8.0)
     assert scaled.distance_threshold == 4.0
+
+
+@pytest.mark.parametrize("shape", [(1277, 1277), (800, 600), (120, 160), (37, 900), (2000, 1500)])
+def test_cells_of_a_small_mask_are_the_coverage_rules(rng, shape):
+    from napari_persam.core.engine.cells import covered_cells_of_part
+
+    geometry = SamGeometry(shape)
+    for _ in range(8):
+        mask = np.zeros(shape, dtype=bool)
+        y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+        h, w = rng.integers(1, max(2, shape[0] // 3)), rng.integers(1, max(2, shape[1] // 3))
+        mask[y : y + h, x : x + w] = True
+        mask &= rng.random(shape) > 0.3  # ragged, as SAM's masks are
+        np.testing.assert_array_equal(
+            covered_cells_of_part(geometry, mask, 0.5), covered_cells(geometry, mask, 0.5)
+        )
+    assert not covered_cells_of_part(geometry, np.zeros(shape, dtype=bool), 0.5).any()

@@ -6,9 +6,10 @@ the reference is a candidate prompt. Candidates are decoded in batches, stronges
 first; one already inside an accepted mask is skipped (it would find the same
 object again), a mask that mostly repeats an accepted one is dropped, and so is a
 mask that does not look like the concept on average (background grown from a
-stray peak). Each object gets its distance to the reference (P²SAM's earth mover's
-distance); with part-aware prompting, objects far from the reference or closer to a
-negative prototype than to the concept are dropped (:class:`~.retrieval.InstanceCheck`).
+stray peak). With part-aware prompting each object gets its distance to the
+reference (P²SAM's earth mover's distance), and objects far from the reference or
+closer to a negative prototype than to the concept are dropped; the user's
+negatives apply in both modes (:class:`~.retrieval.InstanceCheck`).
 """
 
 from __future__ import annotations

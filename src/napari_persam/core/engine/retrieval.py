@@ -35,7 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from napari_persam.core.config import PerSAMConfig
-from napari_persam.core.engine.cells import cell_features, covered_cells, earth_movers_distance
+from napari_persam.core.engine.cells import (
+    cell_features,
+    covered_cells_of_part,
+    earth_movers_distance,
+)
 from napari_persam.core.engine.concepts import Concept
 from napari_persam.core.engine.decoder import attention_bias
 from napari_persam.core.engine.embeddings import ImageEmbedding
@@ -105,7 +109,7 @@ class ImageCells:
 
     def rows(self, mask: np.ndarray) -> np.ndarray:
         """(N, C) raw features of the cells that stand for ``mask`` (0 rows if empty)."""
-        cells = covered_cells(self.embedding.geometry, mask, self.coverage)
+        cells = covered_cells_of_part(self.embedding.geometry, mask, self.coverage)
         return cell_features(self.features, cells)
 
 
