@@ -261,3 +261,96 @@ def paint_object(
 def plain_background(shape: tuple[int, int], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.clip(120 + rng.normal(0, 5, (*shape, 3)), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# Objects of two parts, and a decoder that listens to every point, for part-aware
+# prompting (P²SAM): SAM segments the union of what several positive points show
+# and leaves out what a negative point shows; the region-growing decoder above only
+# follows the first positive point.
+# ---------------------------------------------------------------------------
+
+RING = Look((210, 40, 40), 70.0)  # striped red rim
+CORE = Look((60, 60, 200), 0.0)  # flat blue centre
+LOOK_ALIKE = Look((230, 95, 40), 70.0)  # striped orange: close to the striped red
+
+
+class PartsRegionGrowingDecoder(RegionGrowingDecoder):
+    """Mask = the union of the regions grown from every positive point, minus the
+    regions that hold a negative point."""
+
+    def _region(self, features: torch.Tensor, cell: tuple[int, int]) -> np.ndarray:
+        from scipy import ndimage
+
+        x, y = self._typical_cell(features, *cell)
+        alike = torch.einsum("c,chw->hw", features[:, y, x], features) > self.similarity
+        components, _ = ndimage.label(alike.numpy())
+        if not components[y, x]:
+            return np.zeros((self.grid, self.grid), dtype=bool)
+        return components == components[y, x]
+
+    def forward(
+        self,
+        image_embeddings,
+        image_pe,
+        sparse_prompt_embeddings,
+        dense_prompt_embeddings,
+        multimask_output,
+    ):
+        features = torch.nn.functional.normalize(image_embeddings[0], dim=0)
+        scale = self.grid / self.img_size
+        masks = []
+        for tokens in sparse_prompt_embeddings:
+            labels = tokens[:, 2].round().long()
+            cells = (tokens[:, :2] * scale).long().clamp(0, self.grid - 1)  # (x, y)
+            region = np.zeros((self.grid, self.grid), dtype=bool)
+            for cell in cells[labels == 1].tolist():
+                region |= self._region(features, cell)
+            for x, y in cells[labels == 0].tolist():
+                if region[y, x]:
+                    region &= ~self._region(features, (x, y))
+                    region[y, x] = False
+            corners = cells[(labels == 2) | (labels == 3)]
+            if len(corners) == 2:
+                (x0, y0), (x1, y1) = corners.tolist()
+                inside = np.zeros_like(region)
+                inside[y0 : y1 + 1, x0 : x1 + 1] = True
+                region &= inside
+            low = np.kron(region, np.ones((4, 4), dtype=bool))
+            masks.append(torch.from_numpy(np.where(low, 10.0, -10.0)).float())
+        count = 3 if multimask_output else 1
+        stacked = torch.stack(masks)[:, None].expand(-1, count, -1, -1).contiguous()
+        return stacked, torch.full((len(masks), count), 0.9)
+
+
+def parts_sam(*, img_size: int = 1024):
+    """:func:`semantic_sam` with :class:`PartsRegionGrowingDecoder`."""
+    from segment_anything.modeling import Sam
+
+    grid = img_size // 16
+    return Sam(
+        image_encoder=ColourTextureEncoder(img_size=img_size),
+        prompt_encoder=PassThroughPromptEncoder(img_size=img_size, grid=grid),
+        mask_decoder=PartsRegionGrowingDecoder(img_size=img_size, grid=grid),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    ).eval()
+
+
+def paint_two_part_object(
+    image: np.ndarray,
+    centre: tuple[float, float],
+    radius: float,
+    *,
+    core_fraction: float = 0.5,
+    rim: Look = RING,
+    core: Look = CORE,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paint a disc of ``rim`` with a core of ``core`` into ``image`` in place.
+
+    Returns the whole object's mask and the core's mask, (H, W) bool each.
+    """
+    whole = paint_object(image, centre, radius, rim, seed)
+    inner = paint_object(image, centre, radius * core_fraction, core, seed + 1)
+    return whole, inner

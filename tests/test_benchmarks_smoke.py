@@ -79,3 +79,22 @@ def test_the_bound_benchmarks_run(monkeypatch, tmp_path):
     variants = encoder["results"][0]["variants"]
     assert {"eager", "eager+heap", "sdpa"} <= set(variants)
     assert all(v["max_abs_diff"] <= 1e-4 for v in variants.values())
+
+
+def test_quick_part_aware_cost_writes_every_figure(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("part_aware_cost")
+    try:
+        assert module.main(["--quick", "--out", str(tmp_path), "--max-instances", "5"]) == 0
+    finally:
+        for name in ("part_aware_cost", "inputs", "timing"):
+            sys.modules.pop(name, None)
+    results = json.loads((tmp_path / "part_aware.json").read_text())
+    assert set(results["extra_over_encoding"]) == {
+        "segment part-aware",
+        "segment part-aware 1-2 parts",
+        "instances part-aware",
+    }
+    assert results["found"]["pairs_tried"] == 10
+    assert {"cascades (decoder)", "distances (EMD)"} <= set(results["part_aware_stages"])
+    assert "Extra cost of part-aware" in (tmp_path / "part_aware.md").read_text()

@@ -83,3 +83,34 @@ def test_bad_arguments_exit_2_with_a_message(reference, tmp_path, capsys):
         main(["learn", "--reference", str(image)])
     assert exit_info.value.code == 2
     assert not (tmp_path / "c.npz").exists()
+
+
+def test_prompt_mode_max_parts_and_negative_mask(reference, tmp_path, capsys):
+    negatives = np.zeros((40, 52), dtype=np.uint8)
+    negatives[28:38, 34:50] = 255  # "not this", away from the object
+    Image.fromarray(negatives).save(tmp_path / "not_this.png")
+    out = tmp_path / "parts.npz"
+    args = ("--prompt-mode", "part-aware", "--max-parts", "3")
+    assert _learn(reference, out, *args, "--negative-mask", str(tmp_path / "not_this.png")) == 0
+    assert "1 negative region" in capsys.readouterr().err
+    content = read_concept_file(out)
+    assert content.config.prompt_mode == "part-aware" and content.config.max_parts == 3
+    (concept,) = content.concepts.values()
+    assert concept.negative_prototypes.shape == (1, 256)
+    assert set(concept.part_groups.tolist()) <= {2, 3}
+
+    overlapping = negatives.copy()
+    overlapping[8:24, 10:30] = 255  # over the object
+    Image.fromarray(overlapping).save(tmp_path / "overlap.png")
+    assert _learn(reference, tmp_path / "x", "--negative-mask", str(tmp_path / "overlap.png")) == 2
+    err = capsys.readouterr().err
+    assert "overlap the reference object" in err and "--negative-mask" in err
+    assert not (tmp_path / "x.npz").exists()
+    twice = ("--negative-mask", "none", "--negative-mask", "none")
+    assert _learn(reference, tmp_path / "x", *twice) == 2
+    assert "2 --negative-mask but 1 --reference" in capsys.readouterr().err
+    assert _learn(reference, tmp_path / "x", "--max-parts", "0") == 2
+    assert "--max-parts must be 1 or more" in capsys.readouterr().err
+    assert _learn(reference, tmp_path / "none", "--negative-mask", "none") == 0
+    (concept,) = read_concept_file(tmp_path / "none.npz").concepts.values()
+    assert concept.negative_prototypes is None

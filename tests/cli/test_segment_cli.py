@@ -217,6 +217,10 @@ def test_wrong_model_concept_exits_2_naming_both(data, tmp_path, capsys):
         (["--concept", "{data}/missing.npz", "--targets", "{data}/images"], "does not exist"),
         (["--concept", "{data}/mask.png", "--targets", "{data}/images"], "not a valid concept"),
         (["--concept", "{data}/c.npz", "--finetune", "--targets", "{data}/images"], "finetune"),
+        (
+            ["--concept", "{data}/c.npz", "--negative-mask", "{data}/mask.png", "--targets", "x"],
+            "--negative-mask goes with --reference",
+        ),
         (["{refs}", "--targets", "{data}/images", "--workers", "0"], "--workers must be"),
         (["{refs}", "--targets", "{data}/images", "--out", "{data}/images"], "in the output"),
         (["{refs}", "--targets", "{data}/images", "--out", "{data}/mask.png"], "is a file"),
@@ -269,3 +273,16 @@ def test_start_slice_needs_propagation(data, tmp_path, capsys):
                     "--out", str(tmp_path / "out"))  # fmt: skip
     assert code == 2
     assert "--start-slice goes with --stack-mode propagate" in capsys.readouterr().err
+
+
+def test_part_aware_prompts_and_negatives_from_the_command_line(data, tmp_path):
+    negatives = np.zeros((40, 52), dtype=np.uint8)
+    negatives[30:38, 36:50] = 1
+    Image.fromarray(negatives).save(data / "not_this.png")
+    out = tmp_path / "out"
+    code = _segment(*_references(data), "--negative-mask", str(data / "not_this.png"),
+                    "--prompt-mode", "part-aware", "--max-parts", "2",
+                    "--targets", str(data / "images" / "a.png"), "--out", str(out))  # fmt: skip
+    assert code == 0
+    assert _report(out)["summary"]["ok"] == 1
+    assert (out / "a.png").exists()

@@ -177,3 +177,49 @@ def test_the_plugins_own_result_layer_cannot_be_the_reference():
     labels.data[2, 1:4, 1:4] = 5  # a corrected result: rewritten by the next Run
     with pytest.raises(ValueError, match=r"'add result slice' \(advanced options\)"):
         build_job(_request(image, labels))
+
+
+def test_negatives_layer_goes_with_each_reference_slice():
+    image, reference = _stack()
+    marked = np.zeros((4, 8, 8), np.uint8)
+    marked[2, 5:7, 5:7] = 1  # on the painted slice
+    marked[0, 0:2, 0:2] = 1  # on a slice without reference: no shot to go with
+    job = build_job(_request(image, reference, negatives=Labels(marked, name="not this")))
+    (negatives,) = job.negatives
+    assert negatives.dtype == bool and negatives.shape == (8, 8)
+    np.testing.assert_array_equal(negatives, marked[2] != 0)
+    # An empty negatives layer is ignored.
+    empty = build_job(_request(image, reference, negatives=Labels(np.zeros_like(marked))))
+    assert empty.negatives == ()
+
+
+def test_bad_negatives_layers_are_refused_with_what_to_do():
+    image, reference = _stack()
+    overlapping = np.zeros((4, 8, 8), np.uint8)
+    overlapping[2, 2:4, 2:6] = 1  # 4 pixels on the painted object
+    with pytest.raises(ValueError, match=r"overlap the painted object in 4 pixel\(s\) on slice 2"):
+        build_job(_request(image, reference, negatives=Labels(overlapping)))
+    with pytest.raises(ValueError, match="is the reference layer"):
+        build_job(_request(image, reference, negatives=reference))
+    with pytest.raises(ValueError, match="has shape"):
+        build_job(_request(image, reference, negatives=Labels(np.zeros((8, 8), np.uint8))))
+    np.testing.assert_array_equal(reference.data[2, 1:4, 1:4], 5)  # nothing changed
+
+
+def test_deleted_objects_are_what_the_run_found_and_the_user_erased():
+    from napari_persam._widgets._more_references import PredictedSlice, deleted_objects
+
+    found = np.zeros((10, 12), np.int32)
+    found[1:3, 1:3] = 1
+    found[6:9, 6:10] = 2
+    found[1:3, 8:11] = 3
+    predicted = PredictedSlice.of(found)
+    np.testing.assert_array_equal(predicted.mask(), found != 0)
+    corrected = found.copy()
+    corrected[6:9, 6:10] = 0  # deleted
+    corrected[1, 8:11] = 0  # trimmed: a correction, not a negative
+    deleted = deleted_objects(predicted, corrected)
+    np.testing.assert_array_equal(deleted, (found == 2))
+    assert deleted_objects(predicted, found) is None
+    assert deleted_objects(None, corrected) is None
+    assert deleted_objects(predicted, corrected[:5]) is None  # another slice shape

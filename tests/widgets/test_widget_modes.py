@@ -325,3 +325,79 @@ def test_offline_download_is_a_notification(viewer, open_widget, qtbot, notifica
     assert url in message and "sam_vit_b_01ec64.pth" in message and str(tmp_path) in message
     assert widget.status.value.startswith("Failed")
     assert "img PerSAM" not in viewer.layers
+
+
+def _look_alike_scene():
+    from tests.synthetic import LOOK_ALIKE
+
+    image = plain_background((256, 256), seed=1)
+    first = paint_object(image, (60, 60), 24, TARGET, seed=2)
+    second = paint_object(image, (190, 70), 22, TARGET, seed=3)
+    look_alike = paint_object(image, (120, 190), 22, LOOK_ALIKE, seed=4)
+    return image, first, second, look_alike
+
+
+def test_deleted_objects_of_a_result_become_negatives(viewer, open_widget, qtbot, semantic_factory):
+    image, first, second, look_alike = _look_alike_scene()
+    viewer.add_image(image, name="scene", rgb=True)
+    reference = viewer.add_labels(first.astype(np.uint8), name="ref")
+    widget = open_widget()
+    _semantic(widget, semantic_factory)
+    widget.find_mode.value = "every instance"
+    run_and_wait(qtbot, widget)
+    result = viewer.layers["scene PerSAM"]
+    assert result.data[look_alike].any()  # found: it looks like the object
+    assert widget.status.value.endswith("; 3 object(s).")
+
+    # The correction loop: delete the look-alike from the result, add the slice.
+    corrected = result.data.copy()
+    corrected[corrected == corrected[look_alike].max()] = 0
+    result.data = corrected
+    widget.add_reference_button.native.click()
+    (deleted,) = widget.extra_negatives
+    assert deleted[look_alike].mean() > 0.9 and not deleted[first | second].any()
+    assert "with the 1 object(s) you deleted as negatives" in widget.status.value
+
+    run_and_wait(qtbot, widget)
+    assert len(widget.job.negatives) == 2 and widget.job.negatives[0] is None
+    labels = viewer.layers["scene PerSAM"].data
+    assert not labels[look_alike].any()
+    assert labels[first].any() and labels[second].any()
+    assert widget.status.value.endswith("; 2 object(s).")
+    np.testing.assert_array_equal(reference.data, first.astype(np.uint8))
+    widget.clear_references_button.native.click()
+    assert widget.extra_negatives == ()
+
+
+def test_a_negatives_layer_and_the_prompt_options(viewer, open_widget, qtbot, semantic_factory):
+    image, first, second, look_alike = _look_alike_scene()
+    viewer.add_image(image, name="scene", rgb=True)
+    viewer.add_labels(first.astype(np.uint8), name="ref")
+    widget = open_widget()
+    assert widget.negatives.value is None  # optional: no negatives by default
+    not_this = viewer.add_labels(look_alike.astype(np.uint8) * 3, name="not this")
+    widget.negatives.value = not_this
+    _semantic(widget, semantic_factory)
+    widget.find_mode.value = "every instance"
+
+    widget.prompt_mode.value = "persam"
+    assert all(
+        w.native.isHidden() for w in (widget.min_parts, widget.max_parts, widget.max_negative_parts)
+    )
+    widget.prompt_mode.value = "part-aware"
+    assert not widget.max_parts.native.isHidden()
+    widget.max_parts.value = 3
+    widget.min_parts.value = 4  # past the other end: the range follows
+    assert widget.max_parts.value == 4
+    widget.min_parts.value = 1
+    widget.max_negative_parts.value = 2
+
+    run_and_wait(qtbot, widget)
+    config = widget.job.config
+    assert (config.prompt_mode, config.min_parts, config.max_parts) == ("part-aware", 1, 4)
+    assert config.max_negative_parts == 2
+    (negatives,) = widget.job.negatives
+    np.testing.assert_array_equal(negatives, look_alike)
+    labels = viewer.layers["scene PerSAM"].data
+    assert not labels[look_alike].any() and labels[first].any() and labels[second].any()
+    np.testing.assert_array_equal(not_this.data, look_alike.astype(np.uint8) * 3)

@@ -33,6 +33,7 @@ FLAGS = {
     "out": "another --out folder",
     "model": "--model",
     "label_value": "--label-value",
+    "negatives": "--negative-mask",
 }
 
 
@@ -153,6 +154,61 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--prompt-mode`` and ``--max-parts`` (part-aware prompting, P²SAM)."""
+    from napari_persam.core.config import PROMPT_MODES
+
+    parser.add_argument(
+        "--prompt-mode",
+        choices=PROMPT_MODES,
+        default=None,
+        help="part-aware: a positive point per part of the object (k-means of the reference), "
+        "keeping the mask that looks most like the reference (P²SAM); persam: PerSAM's one "
+        f"positive and one negative point. Default: {PerSAMConfig().prompt_mode} (or the "
+        "concept file's).",
+    )
+    parser.add_argument(
+        "--max-parts",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"Part-aware: try 1 to N parts (default {PerSAMConfig().max_parts}).",
+    )
+
+
+def add_negative_mask_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--negative-mask",
+        action="append",
+        default=None,
+        metavar="MASK",
+        help="Regions of the matching --reference that are NOT the object (nonzero pixels; "
+        "each region becomes a negative example). Give one per --reference, or 'none' to skip "
+        "one.",
+    )
+
+
+def negative_masks(args: argparse.Namespace, count: int) -> list[str | None] | None:
+    """The --negative-mask paths, one per reference (None where 'none'), checked."""
+    given = getattr(args, "negative_mask", None)
+    if not given:
+        return None
+    if len(given) != count:
+        raise UsageError(
+            f"{len(given)} --negative-mask but {count} --reference given; give one after "
+            "each --reference ('none' for a reference without negatives)."
+        )
+    paths: list[str | None] = []
+    for path in given:
+        if path.lower() == "none":
+            paths.append(None)
+        elif not os.path.isfile(path):
+            raise UsageError(f"--negative-mask {path!r}: no such file.")
+        else:
+            paths.append(path)
+    return paths
+
+
 def reference_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The (image, mask) paths given, checked for count and existence."""
     references = args.reference or []
@@ -182,6 +238,13 @@ def build_config(args: argparse.Namespace, base: PerSAMConfig | None = None) -> 
         changes["finetune_steps"] = args.finetune_steps
     if getattr(args, "encoder_backend", None) is not None:
         changes["encoder_backend"] = args.encoder_backend
+    if getattr(args, "prompt_mode", None) is not None:
+        changes["prompt_mode"] = args.prompt_mode
+    if getattr(args, "max_parts", None) is not None:
+        if args.max_parts < 1:
+            raise UsageError(f"--max-parts must be 1 or more, got {args.max_parts}.")
+        changes["max_parts"] = args.max_parts
+        changes["min_parts"] = min(config.min_parts, args.max_parts)
     try:
         return dataclasses.replace(config, **changes)
     except ValueError as error:
@@ -241,8 +304,12 @@ def learn_concept(
     *,
     finetune: bool,
     mask_threshold: float | None = None,
+    negative_paths: list[str | None] | None = None,
 ) -> Concept:
-    """Learn (and optionally fine-tune) a concept from reference files."""
+    """Learn (and optionally fine-tune) a concept from reference files.
+
+    ``negative_paths``: one negatives mask file (or None) per pair, or None.
+    """
     from napari_persam.core.io.images import read_image, read_mask
 
     loaded = []
@@ -254,8 +321,16 @@ def learn_concept(
             raise usage_error(
                 error, f"Cannot read reference {image_path!r} / {mask_path!r}: "
             ) from error
+    negatives = None
+    if negative_paths is not None:
+        negatives = []
+        for path in negative_paths:
+            try:
+                negatives.append(None if path is None else read_mask(path).foreground)
+            except ValueError as error:
+                raise usage_error(error, f"Cannot read --negative-mask {path!r}: ") from error
     try:
-        concept = engine.learn(loaded)
+        concept = engine.learn(loaded, negatives=negatives) if negatives else engine.learn(loaded)
         if finetune:
             concept = engine.finetune(concept)
     except ValueError as error:

@@ -12,11 +12,14 @@ from napari_persam._cli.common import (
     add_finetune_arguments,
     add_mask_threshold_argument,
     add_model_arguments,
+    add_negative_mask_argument,
+    add_prompt_arguments,
     add_reference_arguments,
     build_config,
     fail,
     learn_concept,
     load_engine,
+    negative_masks,
     reference_pairs,
     usage_error,
 )
@@ -33,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "as a concept file (.npz) for `napari-persam segment --concept` or the napari widget.",
     )
     add_reference_arguments(parser)
+    add_negative_mask_argument(parser)
     parser.add_argument(
         "--out", required=True, metavar="CONCEPT.npz", help="Concept file to write."
     )
@@ -49,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Replace --out if it is an older concept file (any other file is kept).",
     )
     add_mask_threshold_argument(parser)
+    add_prompt_arguments(parser)
     add_finetune_arguments(parser)
     add_model_arguments(parser)
     parser.set_defaults(func=main)
@@ -69,6 +74,7 @@ def _learn(args: argparse.Namespace) -> int:
     pairs = reference_pairs(args)
     if not pairs:
         raise UsageError("give at least one --reference IMG --mask MASK pair.")
+    negatives = negative_masks(args, len(pairs))
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
     if os.path.isdir(out):
         raise UsageError(f"--out {out!r} is a folder; name the concept file to write.")
@@ -91,7 +97,11 @@ def _learn(args: argparse.Namespace) -> int:
     # message. Its checkpoint hash is recorded in the concept file.
     engine = load_engine(args, model_name=model_name, config=config)
     concept = learn_concept(
-        engine, pairs, finetune=args.finetune, mask_threshold=args.mask_threshold
+        engine,
+        pairs,
+        finetune=args.finetune,
+        mask_threshold=args.mask_threshold,
+        negative_paths=negatives,
     )
     written = save_concept(
         concept,
@@ -101,6 +111,8 @@ def _learn(args: argparse.Namespace) -> int:
         label_value=args.label_value,
     )
     kind = "PerSAM-F" if concept.is_finetuned else "PerSAM"
+    if concept.negative_prototypes is not None:
+        kind += f" (with {len(concept.negative_prototypes)} negative region(s))"
     print(
         f"Wrote {kind} concept from {len(pairs)} reference(s) with model {model_name!r} "
         f"to {written}",

@@ -15,6 +15,8 @@ from napari_persam._cli.common import (
     add_finetune_arguments,
     add_mask_threshold_argument,
     add_model_arguments,
+    add_negative_mask_argument,
+    add_prompt_arguments,
     add_reference_arguments,
     build_config,
     engine_spec,
@@ -22,6 +24,7 @@ from napari_persam._cli.common import (
     learn_concept,
     load_engine,
     message,
+    negative_masks,
     reference_pairs,
     usage_error,
 )
@@ -42,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "2 bad arguments.",
     )
     add_reference_arguments(parser)
+    add_negative_mask_argument(parser)
     parser.add_argument(
         "--concept", default=None, metavar="FILE", help="Concept file from napari-persam learn."
     )
@@ -82,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "most like the reference (default: the middle slice).",
     )
     add_mask_threshold_argument(parser)
+    add_prompt_arguments(parser)
     add_finetune_arguments(parser)
     add_model_arguments(parser)
     cluster = parser.add_mutually_exclusive_group()
@@ -123,6 +128,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("give either --concept or --reference/--mask pairs, not both.")
     if not args.concept and not args.reference:
         raise UsageError("give --concept FILE or at least one --reference IMG --mask MASK pair.")
+    if args.concept and args.negative_mask:
+        raise UsageError(
+            "--negative-mask goes with --reference (a concept file keeps the negatives it was "
+            "learned with); learn again with napari-persam learn --negative-mask."
+        )
     if args.concept and args.finetune:
         raise UsageError(
             "--finetune needs the reference images, which a concept file does not hold; "
@@ -189,8 +199,10 @@ def _segment(args: argparse.Namespace) -> int:
                 raise UsageError("--label-value applies to concept files of one concept.")
             concepts = {args.label_value: next(iter(concepts.values()))}
         pairs: list[tuple[str, str]] = []
+        negatives = None
     else:
         pairs = reference_pairs(args)
+        negatives = negative_masks(args, len(pairs))
         model_name = args.model or DEFAULT_MODEL
         config = build_config(args)
         concepts = {}
@@ -223,7 +235,11 @@ def _segment(args: argparse.Namespace) -> int:
         assert engine is not None
         concepts = {
             label_value: learn_concept(
-                engine, pairs, finetune=args.finetune, mask_threshold=args.mask_threshold
+                engine,
+                pairs,
+                finetune=args.finetune,
+                mask_threshold=args.mask_threshold,
+                negative_paths=negatives,
             )
         }
     if concept_file is not None and engine is not None:

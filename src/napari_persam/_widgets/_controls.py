@@ -27,7 +27,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QSizePolicy
 
 from napari_persam._widgets._layout import Group, Section, StatusLabel, compact, row, scroll_area
-from napari_persam.core.config import STACK_MODES, PerSAMConfig
+from napari_persam.core.config import PROMPT_MODES, STACK_MODES, PerSAMConfig
 from napari_persam.core.devices import likely_devices
 from napari_persam.core.models import DEFAULT_MODEL, TINY_MODEL, model_names
 
@@ -43,6 +43,18 @@ def image() -> Any:
 
 def reference() -> Any:
     return compact(create_widget(annotation=Labels, label="reference", name="reference"))
+
+
+def negatives() -> Any:
+    widget = create_widget(
+        annotation=Labels | None, label="negatives", name="negatives", options={"nullable": True}
+    )
+    widget.tooltip = (
+        "Optional: a Labels layer on the reference image where you painted what is NOT the "
+        "object (any value; on the painted slice(s) of a stack). Each painted region becomes "
+        "a negative example; leave empty for none. A concept file keeps its own negatives."
+    )
+    return widget
 
 
 def label_value() -> SpinBox:
@@ -96,7 +108,8 @@ def add_reference_button() -> PushButton:
         "Add the result as a reference: copy the slice shown of '<image> PerSAM' "
         "(correct it first by painting on "
         "it) and its image into this widget's extra references, used by the next "
-        "Run. Your layers are not changed."
+        "Run. Objects found there that you deleted become negative examples ('not "
+        "this'). Your layers are not changed."
     )
     return button
 
@@ -302,6 +315,56 @@ def target_guided_attention() -> CheckBox:
 
 def semantic_prompt() -> CheckBox:
     return CheckBox(text="target-semantic prompt", name="semantic_prompt", value=True)
+
+
+#: The prompt modes as the widget names them.
+PROMPT_CHOICES = tuple(("PerSAM" if mode == "persam" else mode, mode) for mode in PROMPT_MODES)
+
+
+def prompt_mode() -> ComboBox:
+    return ComboBox(
+        label="prompts",
+        name="prompt_mode",
+        choices=PROMPT_CHOICES,
+        value=PerSAMConfig().prompt_mode,
+        tooltip="part-aware (P²SAM): a positive point on each part of the object, keeping the "
+        "mask that looks most like the reference; also drops instances that do not. PerSAM: "
+        "one positive and one negative point, as in the PerSAM paper.",
+    )
+
+
+def min_parts() -> SpinBox:
+    return SpinBox(
+        label="parts from",
+        name="min_parts",
+        min=1,
+        max=16,
+        value=PerSAMConfig().min_parts,
+        tooltip="Part-aware: the fewest parts tried (1 is PerSAM's single point).",
+    )
+
+
+def max_parts() -> SpinBox:
+    return SpinBox(
+        label="parts to",
+        name="max_parts",
+        min=1,
+        max=16,
+        value=PerSAMConfig().max_parts,
+        tooltip="Part-aware: the most parts tried; each count costs a few decoder calls.",
+    )
+
+
+def max_negative_parts() -> SpinBox:
+    return SpinBox(
+        label="background parts",
+        name="max_negative_parts",
+        min=0,
+        max=8,
+        value=PerSAMConfig().max_negative_parts,
+        tooltip="Part-aware: also try negative points on up to this many kinds of background "
+        "(0: PerSAM's negative point only).",
+    )
 
 
 def min_object_size() -> FloatSpinBox:

@@ -57,6 +57,7 @@ class PerSAMForm(Container):
         self.main = controls.Group(name="main")
         self.image = self.main.add(controls.image())
         self.reference = self.main.add(controls.reference())
+        self.negatives = self.main.add(controls.negatives())
         self.label_value = self.main.add(controls.label_value())
         self.find_mode = self.main.add(controls.find_mode())
         self.targets = self.main.add(controls.targets(self._target_choices))
@@ -94,6 +95,11 @@ class PerSAMForm(Container):
         self.target_guided_attention = self.advanced.add(controls.target_guided_attention())
         self.semantic_prompt = self.advanced.add(controls.semantic_prompt())
         self.min_object_size = self.advanced.add(controls.min_object_size())
+        # Part-aware prompting (P²SAM).
+        self.prompt_mode = self.advanced.add(controls.prompt_mode())
+        self.min_parts = self.advanced.add(controls.min_parts())
+        self.max_parts = self.advanced.add(controls.max_parts())
+        self.max_negative_parts = self.advanced.add(controls.max_negative_parts())
 
         self.concepts = controls.Section("concept files", name="concepts")
         self.concept_file = self.concepts.add(controls.concept_file())
@@ -122,6 +128,10 @@ class PerSAMForm(Container):
         self.model.changed.connect(self._on_model_changed)
         self.finetune.changed.connect(self._on_finetune_changed)
         self.concept_file.changed.connect(self._on_concept_file_changed)
+        self.prompt_mode.changed.connect(self._on_prompt_mode_changed)
+        self.min_parts.changed.connect(self._on_parts_changed)
+        self.max_parts.changed.connect(self._on_parts_changed)
+        self._on_prompt_mode_changed()
         self._on_image_changed()
         self._on_model_changed()
         self._on_finetune_changed()
@@ -152,6 +162,16 @@ class PerSAMForm(Container):
     def _on_auto_threshold_changed(self, *_: object) -> None:
         self.instance_threshold.enabled = not self.auto_threshold.value
 
+    def _on_prompt_mode_changed(self, *_: object) -> None:
+        part_aware = self.prompt_mode.value == "part-aware"
+        for widget in (self.min_parts, self.max_parts, self.max_negative_parts):
+            widget.visible = part_aware
+
+    def _on_parts_changed(self, *_: object) -> None:
+        # The range stays a range: moving one end past the other moves both.
+        if self.min_parts.value > self.max_parts.value:
+            self.max_parts.value = self.min_parts.value
+
     def _on_model_changed(self, *_: object) -> None:
         self.checkpoint.visible = self.model.value != TINY_MODEL
 
@@ -164,7 +184,7 @@ class PerSAMForm(Container):
         self.finetune.enabled = not loaded
         if loaded:
             self.finetune.value = False
-        for widget in (self.reference, self.learn_all_values):
+        for widget in (self.reference, self.negatives, self.learn_all_values):
             widget.enabled = not loaded
         self._on_all_values_changed()
         if loaded:
@@ -192,11 +212,14 @@ class PerSAMForm(Container):
             return None
         return Path(path)
 
-    def _request(self, *, extra_shots: list | tuple = ()) -> Request:
+    def _request(
+        self, *, extra_shots: list | tuple = (), extra_negatives: list | tuple = ()
+    ) -> Request:
         image = self.image.value
         return Request(
             image=image,
             reference=self.reference.value,
+            negatives=self.negatives.value,
             label_value=int(self.label_value.value),
             reference_slice=(
                 None if self.all_painted_slices.value else int(self.reference_slice.value)
@@ -220,12 +243,17 @@ class PerSAMForm(Container):
                 ),
                 max_instances=int(self.max_instances.value),
                 stack_mode=self.stack_mode.value,
+                prompt_mode=self.prompt_mode.value,
+                min_parts=int(min(self.min_parts.value, self.max_parts.value)),
+                max_parts=int(self.max_parts.value),
+                max_negative_parts=int(self.max_negative_parts.value),
             ),
             finetune=bool(self.finetune.value),
             learn_all_values=bool(self.learn_all_values.value),
             instances=self.find_mode.value == controls.EVERY_INSTANCE,
             more_references=list(self.more_references.value or []),
             extra_shots=list(extra_shots),
+            extra_negatives=list(extra_negatives),
             concept_path=self._concept_path(),
             concept_source=repr(str(self._concept_path())),
             cache_on_disk=bool(self.cache_on_disk.value),

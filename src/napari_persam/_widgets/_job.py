@@ -18,6 +18,7 @@ from napari_persam._widgets._layers import METADATA_KEY, spatial_shape
 from napari_persam._widgets._reference import (
     most_painted_label,
     painted_values,
+    reference_negatives,
     reference_shots,
 )
 from napari_persam._widgets._runner import Job, ModelChoice, Target, slice_targets
@@ -76,6 +77,12 @@ class Request:
     cache_on_disk : bool
         Keep embeddings in the default disk cache folder (shared with the command
         line) too, not only in memory.
+    negatives : Labels layer or None
+        Where the user painted "not this" on the reference image (read on the
+        reference's painted slices).
+    extra_negatives : sequence of (Y, X) bool or None
+        For each of ``extra_shots``: the objects the user deleted from that result
+        slice before adding it, or None.
     """
 
     image: Image | None
@@ -97,6 +104,8 @@ class Request:
     concept_path: Any = None
     concept_source: str = ""
     cache_on_disk: bool = False
+    negatives: Labels | None = None
+    extra_negatives: Sequence[np.ndarray | None] = ()
 
 
 def image_kind(image: Image) -> tuple[bool, int]:
@@ -145,14 +154,22 @@ def build_job(request: Request) -> Job:
         values = [request.label_value or most_painted_label(labels)]
     slice_index = request.reference_slice if len(spatial_shape(image)) == 3 else None
     shots, main_slice = reference_shots(image.data, labels, values=values, slice_index=slice_index)
+    negatives: list[np.ndarray | None] = [None] * len(shots)
+    if request.negatives is not None:
+        marked = np.asarray(_check_negatives(request.negatives, reference).data)
+        negatives = reference_negatives(marked, labels, values=values, slice_index=slice_index)
     for other_image, other_labels in request.more_references:
         if other_image is image and other_labels is reference:
             continue
-        shots.extend(_pair_shots(other_image, other_labels, image, values))
-    for extra_image, extra_labels in request.extra_shots:
+        more = _pair_shots(other_image, other_labels, image, values)
+        shots.extend(more)
+        negatives.extend([None] * len(more))
+    extra_negatives = list(request.extra_negatives) or [None] * len(request.extra_shots)
+    for (extra_image, extra_labels), deleted in zip(request.extra_shots, extra_negatives):
         kept = np.where(np.isin(extra_labels, values), extra_labels, 0).astype(np.int32)
         if kept.any():
             shots.append((extra_image, kept))
+            negatives.append(deleted)
     return Job(
         model=request.model,
         config=request.config,
@@ -163,6 +180,7 @@ def build_job(request: Request) -> Job:
         instances=request.instances,
         reference_index=main_slice,
         cache_on_disk=request.cache_on_disk,
+        negatives=tuple(negatives) if any(n is not None for n in negatives) else (),
     )
 
 
@@ -216,6 +234,28 @@ def _check_labels(reference: Labels | None, image: Image) -> Labels:
             "image (select the image, then Layers > New Labels Layer)."
         )
     return reference
+
+
+def _check_negatives(negatives: Labels, reference: Labels) -> Labels:
+    if negatives is reference:
+        raise ValueError(
+            f"{negatives.name!r} is the reference layer; paint what is not the object on "
+            "another Labels layer (Layers > New Labels Layer) and choose it as 'negatives', "
+            "or choose no negatives."
+        )
+    if METADATA_KEY in negatives.metadata:
+        raise ValueError(
+            f"{negatives.name!r} is a result of this plugin; paint the negatives on a Labels "
+            "layer of your own, or use 'add result slice as reference' after deleting the "
+            "wrong objects from the result."
+        )
+    if tuple(negatives.data.shape) != tuple(reference.data.shape):
+        raise ValueError(
+            f"The negatives layer {negatives.name!r} has shape {tuple(negatives.data.shape)} "
+            f"but the reference layer {reference.name!r} is {tuple(reference.data.shape)}; "
+            "paint the negatives on a Labels layer made for the reference image."
+        )
+    return negatives
 
 
 def _pair_shots(

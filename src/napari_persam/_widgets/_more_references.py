@@ -4,15 +4,21 @@ Few-shot learning takes every painted slice of the reference layer, plus what th
 user adds here: other painted Labels layers (each on the image it fits) and
 result slices they corrected ("add result slice"). Result slices are
 copied into the widget; no layer is ever changed.
+
+What a Run predicted is remembered per slice (:class:`PredictedSlice`), so the
+objects the user deleted from a result before adding it are known: they were
+found and are not the object, and become negative examples ("not this").
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import napari
 import numpy as np
 from napari.layers import Image, Labels, Layer
+from scipy import ndimage
 
 from napari_persam._widgets._layers import METADATA_KEY, output_labels, spatial_shape
 
@@ -102,3 +108,44 @@ def result_shot(
         )
     pixels = np.array(image.data if slice_index is None else image.data[slice_index])
     return (pixels, labels), where
+
+
+@dataclass(frozen=True)
+class PredictedSlice:
+    """Where a Run found objects on one slice: (Y, X) bool, kept as packed bits.
+
+    One bit per pixel, so remembering every slice of a large stack stays small.
+    """
+
+    shape: tuple[int, int]
+    bits: np.ndarray
+
+    @classmethod
+    def of(cls, labels: np.ndarray) -> PredictedSlice:
+        found = np.asarray(labels) != 0
+        return cls(shape=tuple(found.shape), bits=np.packbits(found, axis=None))
+
+    def mask(self) -> np.ndarray:
+        count = self.shape[0] * self.shape[1]
+        return np.unpackbits(self.bits, count=count).reshape(self.shape).astype(bool)
+
+
+def deleted_objects(predicted: PredictedSlice | None, labels: np.ndarray) -> np.ndarray | None:
+    """The objects of ``predicted`` that are wholly gone from ``labels`` (Y, X).
+
+    An object is a connected region (8-connected) of what the Run found; only those
+    the user erased completely count: trimming an object's edge corrects the
+    object, it does not say "not this". ``None`` when nothing was deleted, or the
+    slice was not predicted by this widget (or has another shape).
+    """
+    if predicted is None or tuple(np.shape(labels)) != predicted.shape:
+        return None
+    found = predicted.mask()
+    regions, count = ndimage.label(found, structure=np.ones((3, 3), dtype=bool))
+    if not count:
+        return None
+    kept = np.zeros(count + 1, dtype=bool)
+    kept[np.unique(regions[np.asarray(labels) != 0])] = True
+    kept[0] = True  # background is not an object
+    deleted = ~kept[regions]
+    return deleted if deleted.any() else None

@@ -18,6 +18,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
+from scipy import ndimage
 
 from napari_persam._widgets._concepts import (
     ConceptReady,
@@ -32,7 +33,11 @@ from napari_persam._widgets._job import (
 )
 from napari_persam._widgets._layers import spatial_shape
 from napari_persam._widgets._models import LoadedModels
-from napari_persam._widgets._more_references import result_shot
+from napari_persam._widgets._more_references import (
+    PredictedSlice,
+    deleted_objects,
+    result_shot,
+)
 from napari_persam._widgets._run_state import RunState
 from napari_persam._widgets._runner import Job, run_job
 from napari_persam.core.progress import Progress
@@ -77,6 +82,9 @@ class PerSAMWidget(PerSAMForm):
         self._models = LoadedModels(model_factory)
         self._run: RunState | None = None
         self._extra_shots: list[tuple[np.ndarray, np.ndarray]] = []
+        # For each extra shot: the objects deleted from it (negatives), or None.
+        self._extra_negatives: list[np.ndarray | None] = []
+        self._predictions: dict[tuple[str, int | None], PredictedSlice] = {}
         self.worker: GeneratorWorker | None = None
         self.job: Job | None = None
         self.last_concept: LearnedConcept | None = None
@@ -122,6 +130,15 @@ class PerSAMWidget(PerSAMForm):
         copies taken when the button was pressed; the next Run learns from them too.
         """
         return tuple(self._extra_shots)
+
+    @property
+    def extra_negatives(self) -> tuple[np.ndarray | None, ...]:
+        """For each extra reference: the (Y, X) bool objects deleted from it, or None.
+
+        Objects the Run found on that slice and the user erased before pressing "add
+        result slice as reference"; the next Run learns them as "not this".
+        """
+        return tuple(self._extra_negatives)
 
     @property
     def progress_bar(self) -> progress | None:
@@ -182,14 +199,18 @@ class PerSAMWidget(PerSAMForm):
         if self.running:
             return
         try:
-            job = build_job(self._request(extra_shots=self._extra_shots))
+            job = build_job(
+                self._request(
+                    extra_shots=self._extra_shots, extra_negatives=self._extra_negatives
+                )
+            )
         except ValueError as error:
             show_error(str(error))
             self.status.value = f"Not started: {error}"
             return
         images = {layer.name: layer for layer in self._viewer.layers if isinstance(layer, Image)}
         self.job = job
-        self._run = RunState(self._viewer, job, images=images)
+        self._run = RunState(self._viewer, job, images=images, predictions=self._predictions)
         self.worker = create_worker(
             run_job, job, models=self._models, _start_thread=False,
             _connect={
@@ -247,8 +268,10 @@ class PerSAMWidget(PerSAMForm):
         "<image> PerSAM" layer, as the user may have corrected it by painting on it.
         One-object results hold label values and are used as they are; instance ids
         become the learned value (one value) or the value in "<image> classes"
-        (several; pixels painted with new ids there are left out). Nothing in the
-        viewer is changed.
+        (several; pixels painted with new ids there are left out). Objects that
+        the Run found on this slice and that were deleted from the layer since are
+        kept as negatives ("not this") of that reference (:attr:`extra_negatives`).
+        Nothing in the viewer is changed.
         """
         try:
             image = check_image(self.image.value)
@@ -265,13 +288,22 @@ class PerSAMWidget(PerSAMForm):
             show_error(str(error))
             self.status.value = f"Not added: {error}"
             return
+        deleted = deleted_objects(self._predictions.get((image.name, index)), shot[1])
         self._extra_shots.append(shot)
+        self._extra_negatives.append(deleted)
         self._show_extra_count()
-        self.status.value = f"Added {where} as a reference; it is used from the next Run on."
+        negatives = ""
+        if deleted is not None:
+            count = ndimage.label(deleted, structure=np.ones((3, 3), dtype=bool))[1]
+            negatives = f" with the {count} object(s) you deleted as negatives"
+        self.status.value = (
+            f"Added {where} as a reference{negatives}; it is used from the next Run on."
+        )
 
     def clear_extra_references(self) -> None:
         """Forget the references added with "add result slice"."""
         self._extra_shots.clear()
+        self._extra_negatives.clear()
         self._show_extra_count()
 
     # -------------------------------------------------------------- internals

@@ -122,6 +122,66 @@ def reference_shots(
                 "with it or choose another label value."
             )
         return [(np.array(image), plane)], None
+    planes = _painted_planes(array, wanted, slice_index)
+    # Copies: the user may paint or edit the image while the worker runs.
+    shots = [(np.array(image[z]), plane) for z, plane in planes.items()]
+    main = max(planes, key=lambda z: (int(np.count_nonzero(planes[z])), -z))
+    return shots, int(main)
+
+
+def reference_negatives(
+    negatives: np.ndarray,
+    labels: np.ndarray,
+    *,
+    values: Sequence[int],
+    slice_index: int | None = None,
+) -> list[np.ndarray | None]:
+    """The "not this" regions of each reference shot, in the order of :func:`reference_shots`.
+
+    Parameters
+    ----------
+    negatives : (Y, X) or (Z, Y, X) integer array
+        A Labels layer's data with the reference's shape: nonzero is not the object.
+    labels, values, slice_index
+        As for :func:`reference_shots` (which must accept them).
+
+    Returns
+    -------
+    list of (Y, X) bool or None
+        One per shot; None where nothing is marked on that shot's slice.
+
+    Raises
+    ------
+    ValueError
+        If a negative overlaps a painted object, saying where and what to do.
+    """
+    array, marked = np.asarray(labels), np.asarray(negatives)
+    wanted = [int(v) for v in values]
+    if array.ndim == 2:
+        pairs = [(None, _keep(array, wanted), marked)]
+    else:
+        planes = _painted_planes(array, wanted, slice_index)
+        pairs = [(z, plane, marked[z]) for z, plane in planes.items()]
+    result: list[np.ndarray | None] = []
+    for z, plane, negative in pairs:
+        negative = np.asarray(negative) != 0
+        overlap = int(np.count_nonzero(negative & (plane != 0)))
+        if overlap:
+            where = "" if z is None else f" on slice {z}"
+            raise ValueError(
+                f"The negatives overlap the painted object in {overlap} pixel(s){where}; a "
+                "place cannot be both the object and 'not this'. Erase the overlap from the "
+                "negatives layer (or from the reference), then press Run."
+            )
+        result.append(negative if negative.any() else None)
+    return result
+
+
+def _painted_planes(
+    array: np.ndarray, wanted: list[int], slice_index: int | None
+) -> dict[int, np.ndarray]:
+    """Slice -> (Y, X) int32 plane holding ``wanted`` only, for every painted slice used."""
+    named = ", ".join(map(str, wanted))
     if slice_index is None:
         slices = sorted({z for value in wanted for z in painted_slices(array, value)})
         if not slices:
@@ -141,10 +201,7 @@ def reference_shots(
             f"Label {named} is not painted on slice {slice_index}; go to the slice that "
             "holds the painting or learn from every painted slice."
         )
-    # Copies: the user may paint or edit the image while the worker runs.
-    shots = [(np.array(image[z]), plane) for z, plane in planes.items() if plane.any()]
-    main = max(planes, key=lambda z: (int(np.count_nonzero(planes[z])), -z))
-    return shots, int(main)
+    return {z: plane for z, plane in planes.items() if plane.any()}
 
 
 def _keep(plane: np.ndarray, values: list[int]) -> np.ndarray:

@@ -14,7 +14,7 @@ from napari.layers import Image
 from napari.utils import progress
 
 from napari_persam._widgets._layers import OutputLayers, ensure_outputs, write_result
-from napari_persam._widgets._more_references import CONTENT_KEY
+from napari_persam._widgets._more_references import CONTENT_KEY, PredictedSlice
 from napari_persam._widgets._runner import Job
 from napari_persam.core.progress import Progress
 
@@ -33,12 +33,23 @@ class RunState:
         The run; ``Progress.index`` refers to ``job.targets``.
     images : dict of str to Image
         The image layers that targets name in ``Target.output`` (read only).
+    predictions : dict, optional
+        Filled with (image name, slice index or None) -> :class:`PredictedSlice` of
+        each result written, so deleted objects can be told apart later.
     """
 
-    def __init__(self, viewer: napari.Viewer, job: Job, *, images: dict[str, Image]) -> None:
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        job: Job,
+        *,
+        images: dict[str, Image],
+        predictions: dict[tuple[str, int | None], PredictedSlice] | None = None,
+    ) -> None:
         self.viewer = viewer
         self.job = job
         self.images = images
+        self.predictions = predictions
         self.outputs: dict[str, OutputLayers] = {}
         self.done = 0
         self.found = 0
@@ -99,6 +110,9 @@ class RunState:
                 "values": list(self.values),
             }
         write_result(outputs, step.result, slice_index=target.slice_index)
+        if self.predictions is not None:
+            key = (target.output, target.slice_index)
+            self.predictions[key] = PredictedSlice.of(step.result.labels)
         self.done += 1
         self.found += int(step.result.objects > 0)
         self.objects += step.result.objects

@@ -99,6 +99,9 @@ class Job:
         Also keep embeddings in the default disk cache folder
         (:func:`napari_persam.core.paths.embeddings_dir`, the command line's
         default), so they are shared with it and with later sessions.
+    negatives : tuple of (Y, X) bool or None
+        For each of ``shots``: the regions marked "not this" (a negatives layer, or
+        objects deleted from a result), or None; empty when there are none at all.
     """
 
     model: ModelChoice
@@ -113,6 +116,7 @@ class Job:
     concept_path: str | None = None
     concept_source: str = ""
     cache_on_disk: bool = False
+    negatives: tuple[np.ndarray | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -279,11 +283,16 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
 
 def learn(engine: Any, job: Job) -> Any:
     """The job's concept: a Concept for one value, ClassConcepts for several."""
+    negatives = list(job.negatives) or [None] * len(job.shots)
     if len(job.values) == 1:
         value = job.values[0]
-        pairs = [(image, labels == value) for image, labels in job.shots]
-        return engine.learn([(image, mask) for image, mask in pairs if mask.any()])
-    return engine.learn_classes(list(job.shots), values=list(job.values))
+        kept = [
+            ((image, labels == value), marked)
+            for (image, labels), marked in zip(job.shots, negatives)
+            if (labels == value).any()
+        ]
+        return engine.learn([pair for pair, _ in kept], negatives=[marked for _, marked in kept])
+    return engine.learn_classes(list(job.shots), values=list(job.values), negatives=negatives)
 
 
 def finetune(engine: Any, concept: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 ENCODER_DTYPES = ("float32", "bfloat16", "float16")
 ENCODER_BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 STACK_MODES = ("propagate", "independent")
+PROMPT_MODES = ("part-aware", "persam")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,28 @@ class PerSAMConfig:
     propagation_min_score : float
         Stacks: a result below this predicted IoU (or empty) does not prompt the
         next slice, so a vanished object stops steering.
+    prompt_mode : {"part-aware", "persam"}
+        ``"part-aware"`` (P²SAM, Zhao & Shen 2024): one positive point per part
+        prototype of the reference (k-means of its cells, for every part count from
+        ``min_parts`` to ``max_parts``), negatives from background prototypes
+        (``min_negative_parts`` to ``max_negative_parts``), and of the masks these
+        prompts give, the one whose cell features are closest to the reference's
+        (earth mover's distance); every-instance candidates far from the reference
+        or closer to a negative prototype are dropped. ``"persam"``: PerSAM's one
+        positive and one negative point, exactly as before (the default: part-aware
+        prompting runs one cascade per pair tried, over half a ViT-B encoding on a CPU
+        with the default ten pairs; see BENCHMARKS.md). User negatives (painted "not
+        this") apply in both modes.
+    min_parts, max_parts : int
+        Part-aware: part counts tried (1 is PerSAM's mean embedding). A count with
+        fewer reference cells than parts is skipped.
+    min_negative_parts, max_negative_parts : int
+        Part-aware: background prototype counts tried; 0 is PerSAM's negative point
+        at the least similar place. Counts above the learned concept's are skipped.
+    instance_max_distance : float, optional
+        Part-aware, every instance: a candidate whose cells are farther than this
+        (earth mover's distance) from the reference's is dropped. ``None`` takes it
+        from the reference (:attr:`Concept.distance_threshold`).
     seed : int
         Seed for anything random (PerSAM-F has no randomness; kept for
         determinism of future steps).
@@ -119,6 +142,12 @@ class PerSAMConfig:
     stack_mode: str = "propagate"
     propagation_margin: float = 0.1
     propagation_min_score: float = 0.5
+    prompt_mode: str = "persam"
+    min_parts: int = 1
+    max_parts: int = 5
+    min_negative_parts: int = 0
+    max_negative_parts: int = 1
+    instance_max_distance: float | None = None
 
     def __post_init__(self) -> None:
         if self.encoder_dtype not in ENCODER_DTYPES:
@@ -165,6 +194,24 @@ class PerSAMConfig:
             raise ValueError(f"instance_spacing must be >= 1 px, got {self.instance_spacing}.")
         if self.propagation_margin < 0:
             raise ValueError(f"propagation_margin must be >= 0, got {self.propagation_margin}.")
+        if self.prompt_mode not in PROMPT_MODES:
+            raise ValueError(
+                f"prompt_mode must be one of {PROMPT_MODES}, got {self.prompt_mode!r}."
+            )
+        if not 1 <= self.min_parts <= self.max_parts:
+            raise ValueError(
+                f"parts must satisfy 1 <= min_parts <= max_parts, got {self.min_parts} and "
+                f"{self.max_parts}."
+            )
+        if not 0 <= self.min_negative_parts <= self.max_negative_parts:
+            raise ValueError(
+                "negative parts must satisfy 0 <= min_negative_parts <= max_negative_parts, "
+                f"got {self.min_negative_parts} and {self.max_negative_parts}."
+            )
+        if self.instance_max_distance is not None and not self.instance_max_distance > 0:
+            raise ValueError(
+                f"instance_max_distance must be positive, got {self.instance_max_distance}."
+            )
         if self.cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {self.cache_size}.")
 

@@ -22,6 +22,7 @@ OPTIONS: dict[str, str] = {
     "out": "another output folder",
     "model": "the model",
     "label_value": "the label value",
+    "negatives": "the negatives (learn(..., negatives=...))",
 }
 
 _MARKER = re.compile(r"\{([a-z_]+)\}")

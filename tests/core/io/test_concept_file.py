@@ -83,7 +83,13 @@ def test_file_has_no_pickled_objects(engine, rng, tmp_path):
     assert metadata["classes"][0]["arrays"] == {
         "target_embedding": "class_0/target_embedding",
         "shot_embeddings": "class_0/shot_embeddings",
+        "part_cells": "class_0/part_cells",
+        "part_prototypes": "class_0/part_prototypes",
+        "part_groups": "class_0/part_groups",
+        "background_prototypes": "class_0/background_prototypes",
+        "background_groups": "class_0/background_groups",
     }
+    assert metadata["classes"][0]["fields"]["negative_prototypes"] is None
 
 
 def test_few_shot_data_and_reference_levels_survive_the_round_trip(engine, rng, tmp_path):
@@ -368,3 +374,80 @@ def test_model_name_and_channels_are_checked_without_a_model():
     loaded = concept_file_from_bytes(concepts_to_bytes({1: unnamed}))
     with pytest.raises(ValueError, match="4-channel embeddings, but model 'vit_b' makes 256"):
         loaded.check_model_name("vit_b")
+
+
+PART_FIELDS = (
+    "part_cells",
+    "part_prototypes",
+    "part_groups",
+    "background_prototypes",
+    "background_groups",
+    "negative_prototypes",
+)
+
+
+def test_part_aware_data_negatives_and_settings_survive_the_round_trip(engine, rng, tmp_path):
+    from napari_persam.core.engine.persam import PerSAM
+
+    image, mask = _scene(rng)
+    negatives = np.zeros_like(mask)
+    negatives[34:46, 2:14] = 1  # "not this": a dark corner
+    config = PerSAMConfig(prompt_mode="part-aware", max_parts=4, max_negative_parts=2)
+    part_aware = PerSAM(engine.sam, config=config, device="cpu", cache=engine.cache)
+    concept = part_aware.learn(image, mask, negatives=negatives)
+    assert concept.negative_prototypes.shape == (1, 256)
+    path = save_concept(concept, tmp_path / "parts.npz", config=config)
+    content = read_concept_file(path)
+    assert content.format_version == FORMAT_VERSION == 2
+    assert content.config == config
+    loaded = content.concepts[1]
+    for name in PART_FIELDS:
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(concept, name))
+    assert loaded.part_groups.dtype == np.int32
+    assert loaded.object_distance == concept.object_distance
+    assert loaded.background_distance == concept.background_distance
+    other = np.roll(image, 5, axis=1)
+    expected, got = part_aware.segment(other, concept), part_aware.segment(other, loaded)
+    np.testing.assert_array_equal(got.mask, expected.mask)
+    assert got.parts == expected.parts and got.retrieval_distances == expected.retrieval_distances
+
+
+def test_format_1_files_still_load_and_are_prompted_as_persam(engine, rng):
+    from napari_persam.core.engine.persam import PerSAM
+
+    image, mask = _scene(rng)
+    learned = engine.learn(image, mask)
+    old = Concept(
+        target_embedding=learned.target_embedding,
+        model_fingerprint=learned.model_fingerprint,
+        model_name="tiny",
+        shot_embeddings=learned.shot_embeddings,
+        object_similarity=learned.object_similarity,
+        background_similarity=learned.background_similarity,
+        object_area=learned.object_area,
+    )
+    # What version 1 wrote: no part or negative fields at all.
+    with np.load(io.BytesIO(concepts_to_bytes({1: old})), allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    metadata = json.loads(arrays["metadata"].tobytes())
+    metadata["format_version"] = 1
+    for entry in metadata["classes"]:
+        for name in (*PART_FIELDS, "object_distance", "background_distance"):
+            entry["fields"].pop(name, None)
+            assert name not in entry["arrays"]
+    arrays["metadata"] = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+
+    content = concept_file_from_bytes(buffer.getvalue())
+    assert content.format_version == 1
+    loaded = content.concepts[1]
+    assert loaded.part_cells is None and loaded.distance_threshold is None
+    config = PerSAMConfig(prompt_mode="part-aware")
+    part_aware = PerSAM(engine.sam, config=config, device="cpu", cache=engine.cache)
+    seg = part_aware.segment(image, loaded)
+    persam = engine.prompter.segment(engine.embed(image), loaded)
+    assert seg.parts == (1, 0) and seg.retrieval_distances == {}
+    np.testing.assert_array_equal(seg.mask, persam.mask)
+    found = part_aware.segment_instances(image, loaded)
+    assert np.isnan(found.distances).all()

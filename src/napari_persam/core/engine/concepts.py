@@ -28,12 +28,16 @@ class Shot:
         How the reference image maps onto the feature grid.
     foreground_cells : (gh, gw) bool
         Cells whose features made the target embedding.
+    negatives : (H, W) bool or None
+        Regions of this reference the user marked "not this" (never overlapping
+        ``mask``), or None.
     """
 
     features: np.ndarray
     mask: np.ndarray
     geometry: SamGeometry
     foreground_cells: np.ndarray
+    negatives: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +70,25 @@ class Concept:
     object_area : float
         Mean area of the reference objects in pixels (0 if unknown): sets the default
         spacing of instance candidates.
+    part_cells : (N, C) float32 or None
+        Raw features of the reference objects' cells, pooled over the references
+        (the cells that made ``target_embedding``): what a result's cells are
+        compared with (earth mover's distance) and what part prototypes are
+        clustered from. ``None`` for concepts of format-1 files.
+    part_prototypes : (P, C) float32 or None
+        Unit-length part prototypes (k-means of ``part_cells``) for each part count
+        learned, stacked; ``part_groups`` (P,) int32 gives each row's count.
+    background_prototypes : (B, C) float32 or None
+        Unit-length prototypes of the references' background cells for each count
+        learned, stacked; ``background_groups`` (B,) int32 gives each row's count.
+    negative_prototypes : (U, C) float32 or None
+        Unit-length mean features of the regions the user marked "not this", one
+        per region (a negatives layer, or objects deleted from a result).
+    object_distance, background_distance : float
+        Earth mover's distance between the references' object cells (0 for one
+        reference: the mean distance of each reference to the others), and from the
+        object cells to the background cells: the scale on which instances are
+        judged (see :attr:`distance_threshold`). 0 if unknown.
     """
 
     target_embedding: np.ndarray
@@ -78,6 +101,14 @@ class Concept:
     object_similarity: float = 1.0
     background_similarity: float = 0.0
     object_area: float = 0.0
+    part_cells: np.ndarray | None = field(default=None, repr=False)
+    part_prototypes: np.ndarray | None = field(default=None, repr=False)
+    part_groups: np.ndarray | None = field(default=None, repr=False)
+    background_prototypes: np.ndarray | None = field(default=None, repr=False)
+    background_groups: np.ndarray | None = field(default=None, repr=False)
+    negative_prototypes: np.ndarray | None = field(default=None, repr=False)
+    object_distance: float = 0.0
+    background_distance: float = 0.0
 
     def __post_init__(self) -> None:
         target = np.asarray(self.target_embedding, dtype=np.float32).reshape(-1)
@@ -87,6 +118,32 @@ class Concept:
         if shots.ndim != 2 or shots.shape[1] != target.shape[0]:
             raise ValueError(f"shot_embeddings must be (K, {target.shape[0]}), got {shots.shape}.")
         object.__setattr__(self, "shot_embeddings", shots)
+        width = target.shape[0]
+        for name in ("part_cells", "negative_prototypes"):
+            self._check_rows(name, width)
+        for name, groups in (
+            ("part_prototypes", "part_groups"),
+            ("background_prototypes", "background_groups"),
+        ):
+            rows = self._check_rows(name, width)
+            counts = getattr(self, groups)
+            if (rows is None) != (counts is None):
+                raise ValueError(f"{name} and {groups} go together; got only one of them.")
+            if counts is not None:
+                counts = np.asarray(counts, dtype=np.int32).reshape(-1)
+                if len(counts) != len(rows):
+                    raise ValueError(f"{groups} needs one count per row of {name}.")
+                object.__setattr__(self, groups, counts)
+
+    def _check_rows(self, name: str, width: int) -> np.ndarray | None:
+        rows = getattr(self, name)
+        if rows is None:
+            return None
+        rows = np.asarray(rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != width or not np.isfinite(rows).all():
+            raise ValueError(f"{name} must be finite (N, {width}), got shape {rows.shape}.")
+        object.__setattr__(self, name, rows)
+        return rows
 
     @property
     def is_finetuned(self) -> bool:
@@ -97,6 +154,15 @@ class Concept:
         """Halfway between object and background similarity: the default bar for
         instance candidates and for a propagated mask to still count as the object."""
         return (self.object_similarity + self.background_similarity) / 2
+
+    @property
+    def distance_threshold(self) -> float | None:
+        """Halfway between the object's and the background's distance to the reference:
+        the default bar above which an instance no longer looks like the reference
+        (``None`` when the concept has no distances, e.g. from a format-1 file)."""
+        if self.background_distance <= self.object_distance:
+            return None
+        return (self.object_distance + self.background_distance) / 2
 
 
 @dataclass(frozen=True, eq=False)

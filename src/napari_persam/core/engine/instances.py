@@ -6,7 +6,10 @@ the reference is a candidate prompt. Candidates are decoded in batches, stronges
 first; one already inside an accepted mask is skipped (it would find the same
 object again), a mask that mostly repeats an accepted one is dropped, and so is a
 mask that does not look like the concept on average (background grown from a
-stray peak).
+stray peak). With part-aware prompting each object gets its distance to the
+reference (P²SAM's earth mover's distance), and objects far from the reference or
+closer to a negative prototype than to the concept are dropped; the user's
+negatives apply in both modes (:class:`~.retrieval.InstanceCheck`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from napari_persam.core.engine.embeddings import ImageEmbedding
 from napari_persam.core.engine.postprocess import remove_small_components
 from napari_persam.core.engine.prompting import Guidance, Prompter, PromptSet, extreme_points
 from napari_persam.core.engine.results import Instances
+from napari_persam.core.engine.retrieval import InstanceCheck
 
 
 def candidate_spacing(concept: Concept, shape: tuple[int, int], spacing: float | None) -> float:
@@ -113,17 +117,20 @@ def find_instances(
         similarity, threshold=threshold, spacing=spacing, limit=cfg.max_instances
     )
     _, worst = extreme_points(similarity)
+    check = InstanceCheck(prompter, embedding, concept, guidance)
+    user = check.negative_points  # the user's "not this", where this image shows it
     prompts = list(seeds)
     for peak in peaks:
-        if cfg.negative_prior:
-            prompts.append(PromptSet(points=np.stack([peak, worst]), labels=np.array([1, 0])))
-        else:
-            prompts.append(PromptSet(points=peak[None], labels=np.array([1])))
+        points = [peak, worst] if cfg.negative_prior else [peak]
+        points.extend(user)
+        labels = np.array([1] + [0] * (len(points) - 1))
+        prompts.append(PromptSet(points=np.stack(points), labels=labels))
     prompts = prompts[: cfg.max_instances + len(seeds)]
 
     labels = np.zeros(shape, dtype=np.int32)
     scores: list[float] = []
     points: list[np.ndarray] = []
+    distances: list[float] = []
     areas: list[int] = [0]
     pending = list(prompts)
     while pending:
@@ -146,9 +153,13 @@ def find_instances(
             unclaimed = mask & (labels == 0)  # stronger objects keep contested pixels
             if not unclaimed.any():
                 continue  # covered entirely by objects accepted before
+            accepted, distance = check.judge(mask)
+            if not accepted:
+                continue  # does not look like the reference, or looks like a negative
             labels[unclaimed] = len(scores) + 1
             scores.append(outcome.score)
             points.append(prompt.points[0])
+            distances.append(distance)
             areas.append(area)
     return Instances(
         labels=labels,
@@ -156,6 +167,7 @@ def find_instances(
         similarity=similarity,
         classes=np.full(len(scores), class_value, dtype=np.int32),
         points=np.asarray(points, dtype=np.float64).reshape(-1, 2),
+        distances=np.asarray(distances, dtype=np.float32),
     )
 
 
@@ -194,13 +206,14 @@ def merge_class_instances(found: dict[int, Instances], *, iou_limit: float) -> I
                     value,
                     instances.labels == object_id,
                     instances.points[index],
+                    float(instances.distances[index]),
                 )
             )
     entries.sort(key=lambda entry: -entry[0])
     shape = next(iter(found.values())).labels.shape
     labels = np.zeros(shape, dtype=np.int32)
-    scores, classes, points, areas = [], [], [], [0]
-    for score, value, mask, point in entries:
+    scores, classes, points, distances, areas = [], [], [], [], [0]
+    for score, value, mask, point, distance in entries:
         area = int(mask.sum())
         unclaimed = mask & (labels == 0)
         if not unclaimed.any() or _overlaps(labels, mask, area, areas, iou_limit):
@@ -209,6 +222,7 @@ def merge_class_instances(found: dict[int, Instances], *, iou_limit: float) -> I
         scores.append(score)
         classes.append(value)
         points.append(point)
+        distances.append(distance)
         areas.append(area)
     similarity = np.max(np.stack([item.similarity for item in found.values()]), axis=0)
     return Instances(
@@ -217,4 +231,5 @@ def merge_class_instances(found: dict[int, Instances], *, iou_limit: float) -> I
         similarity=similarity,
         classes=np.asarray(classes, dtype=np.int32),
         points=np.asarray(points, dtype=np.float64).reshape(-1, 2),
+        distances=np.asarray(distances, dtype=np.float32),
     )

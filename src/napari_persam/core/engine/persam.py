@@ -11,6 +11,10 @@ Steps (Zhang et al. 2023, with the official code's known bugs fixed):
 7. cascaded refinement with the mask logits, then also the mask's box;
 8. PerSAM-F mixes SAM's three masks with learned weights;
 9. small connected components are removed.
+
+``prompt_mode="part-aware"`` (P²SAM) replaces step 4 with part and background
+prototypes and keeps the mask closest to the reference (:mod:`.retrieval`); what
+that needs is learned once per concept (:mod:`.learning`, :mod:`.parts`).
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ from napari_persam.core.engine.embeddings import (
 from napari_persam.core.engine.finetune import fit_mask_weights
 from napari_persam.core.engine.images import prepare_image, prepare_mask
 from napari_persam.core.engine.instances import find_instances, merge_class_instances
-from napari_persam.core.engine.prompting import Prompter, cosine_similarity_grid
+from napari_persam.core.engine.learning import (
+    check_negatives,
+    concept_from_shots,
+    make_shot,
+    per_reference,
+)
+from napari_persam.core.engine.prompting import Prompter
 from napari_persam.core.engine.results import (
     MAX_LABEL_VALUE,
     Instances,
@@ -45,6 +55,7 @@ from napari_persam.core.engine.results import (
     Segmentation,
     merge_class_segmentations,
 )
+from napari_persam.core.engine.retrieval import segment_object
 from napari_persam.core.engine.stacks import iter_segment_stack
 from napari_persam.core.progress import Progress, ProgressGenerator
 
@@ -150,6 +161,8 @@ class PerSAM:
         self,
         image: np.ndarray | Sequence[tuple[np.ndarray, np.ndarray]],
         mask: np.ndarray | None = None,
+        *,
+        negatives: np.ndarray | Sequence[np.ndarray | None] | None = None,
     ) -> Concept:
         """Learn a concept from one reference, or from several.
 
@@ -160,13 +173,18 @@ class PerSAM:
         mask : (H, W) array
             Nonzero pixels are the object. Omit it when ``image`` is a sequence of
             pairs.
+        negatives : (H, W) array, or a sequence of them (or None) per pair, optional
+            Regions marked "not this" (nonzero pixels) in the reference image: each
+            8-connected region becomes a negative prototype. Empty means none; a
+            negative may not overlap the object.
 
         Returns
         -------
         Concept
             ``target_embedding`` (C,) float32 is the mean feature of the cells the
             masks cover (coverage >= ``config.foreground_coverage``; for an object
-            smaller than that, the best-covered cells).
+            smaller than that, the best-covered cells). Part and background
+            prototypes and the negatives are learned too (see :class:`Concept`).
         """
         if mask is None:
             pairs = list(image)  # type: ignore[arg-type]
@@ -174,47 +192,24 @@ class PerSAM:
                 raise ValueError("learn() needs at least one (image, mask) pair.")
         else:
             pairs = [(image, mask)]
+        marked = per_reference(negatives, len(pairs))
         # Masks are checked before any image is encoded (seconds each with ViT-B).
         masks = [prepare_mask(ref_mask, np.shape(ref_image)) for ref_image, ref_mask in pairs]
+        several = len(pairs) > 1
+        checked = [
+            check_negatives(neg, mask, reference=i if several else None)
+            for i, (neg, mask) in enumerate(zip(marked, masks))
+        ]
         shots = [
-            self._shot(self._reference(ref_image), mask)
-            for (ref_image, _), mask in zip(pairs, masks)
+            self._shot(self._reference(ref_image), mask, negatives)
+            for (ref_image, _), mask, negatives in zip(pairs, masks, checked)
         ]
         return self._concept_from_shots(shots)
 
     def _concept_from_shots(self, shots: Sequence[Shot]) -> Concept:
-        pooled = np.concatenate([shot.features[:, shot.foreground_cells].T for shot in shots])
-        target = pooled.mean(axis=0).astype(np.float32)
-        per_shot = np.stack(
-            [shot.features[:, shot.foreground_cells].mean(axis=1) for shot in shots]
-        ).astype(np.float32)
-        inside, outside = self._reference_levels(shots, per_shot)
-        return Concept(
-            target_embedding=target,
-            model_fingerprint=self.fingerprint,
-            model_name=self.model_name,
-            shots=tuple(shots),
-            shot_embeddings=per_shot,
-            object_similarity=inside,
-            background_similarity=outside,
-            object_area=float(np.mean([shot.mask.sum() for shot in shots])),
+        return concept_from_shots(
+            shots, config=self.config, fingerprint=self.fingerprint, model_name=self.model_name
         )
-
-    def _reference_levels(
-        self, shots: Sequence[Shot], embeddings: np.ndarray
-    ) -> tuple[float, float]:
-        """Mean similarity of the references' object cells and of their background cells."""
-        directions = torch.from_numpy(embeddings)
-        inside, outside = [], []
-        for shot in shots:
-            grid = cosine_similarity_grid(torch.from_numpy(shot.features)[None], directions)
-            grid = grid.numpy()
-            coverage = shot.geometry.mask_coverage(shot.mask)
-            background = (coverage == 0) & shot.geometry.valid_cells()
-            inside.append(float(grid[shot.foreground_cells].mean()))
-            # A mask covering the whole image leaves no background: assume a margin.
-            outside.append(float(grid[background].mean()) if background.any() else inside[-1] - 0.4)
-        return float(np.mean(inside)), float(np.mean(outside))
 
     def learn_classes(
         self,
@@ -222,6 +217,7 @@ class PerSAM:
         labels: np.ndarray | None = None,
         *,
         values: Sequence[int] | None = None,
+        negatives: np.ndarray | Sequence[np.ndarray | None] | None = None,
     ) -> ClassConcepts:
         """Learn one concept per label value of a reference label image.
 
@@ -232,6 +228,8 @@ class PerSAM:
             0 is background; every other value is a class.
         values : sequence of int, optional
             Learn only these values (default: every nonzero value present).
+        negatives : (H, W) array, or a sequence of them (or None) per pair, optional
+            Regions marked "not this" for every class (see :meth:`learn`).
 
         Returns
         -------
@@ -241,6 +239,7 @@ class PerSAM:
         pairs = list(image) if labels is None else [(image, labels)]  # type: ignore[arg-type]
         if not pairs:
             raise ValueError("learn_classes() needs at least one (image, labels) pair.")
+        marked = per_reference(negatives, len(pairs))
         present = sorted({int(v) for _, lab in pairs for v in np.unique(np.asarray(lab)) if v != 0})
         wanted = present if values is None else [int(v) for v in values]
         unusable = [v for v in wanted if not 1 <= v <= MAX_LABEL_VALUE]
@@ -266,12 +265,17 @@ class PerSAM:
             }
             for ref, lab in pairs
         ]
+        several = len(pairs) > 1
+        checked = [
+            check_negatives(neg, np.isin(np.asarray(lab), wanted), reference=i if several else None)
+            for i, (neg, (_, lab)) in enumerate(zip(marked, pairs))
+        ]
         references = [self._reference(ref) for ref, _ in pairs]
         concepts = {}
         for value in wanted:
             shots = [
-                self._shot(reference, by_value[value])
-                for reference, by_value in zip(references, masks)
+                self._shot(reference, by_value[value], negative)
+                for reference, by_value, negative in zip(references, masks, checked)
                 if value in by_value
             ]
             concepts[value] = self._concept_from_shots(shots)
@@ -287,19 +291,20 @@ class PerSAM:
         embedding = self.embed(image)
         return embedding, embedding.features[0].cpu().numpy()
 
-    def _shot(self, reference: tuple[ImageEmbedding, np.ndarray], mask: np.ndarray) -> Shot:
+    def _shot(
+        self,
+        reference: tuple[ImageEmbedding, np.ndarray],
+        mask: np.ndarray,
+        negatives: np.ndarray | None = None,
+    ) -> Shot:
         """One reference object; ``mask`` (H, W) bool, already checked by prepare_mask."""
         embedding, features = reference
-        coverage = embedding.geometry.mask_coverage(mask)
-        foreground = coverage >= self.config.foreground_coverage
-        if not foreground.any():
-            # A small object covers no cell by half: use the best-covered cell(s).
-            foreground = coverage >= coverage.max()
-        return Shot(
-            features=features,
-            mask=mask,
-            geometry=embedding.geometry,
-            foreground_cells=foreground,
+        return make_shot(
+            embedding,
+            features,
+            mask,
+            coverage=self.config.foreground_coverage,
+            negatives=negatives,
         )
 
     def finetune(self, concept: Concept) -> Concept:
@@ -372,11 +377,13 @@ class PerSAM:
         embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
         if isinstance(concept, ClassConcepts):
             results = {
-                value: self.prompter.segment(embedding, check_concept(member, self.fingerprint))
+                value: segment_object(
+                    self.prompter, embedding, check_concept(member, self.fingerprint)
+                )
                 for value, member in concept.concepts.items()
             }
             return merge_class_segmentations(results, embedding.geometry.original_hw)
-        return self.prompter.segment(embedding, check_concept(concept, self.fingerprint))
+        return segment_object(self.prompter, embedding, check_concept(concept, self.fingerprint))
 
     def segment_instances(self, image: np.ndarray, concept: Concept | ClassConcepts) -> Instances:
         """Find every instance of the concept (or of each class) in ``image``.
@@ -395,7 +402,9 @@ class PerSAM:
             ``labels`` (H, W) int32 (0 background, 1..N), ``scores`` (N,),
             ``similarity`` (H, W), ``classes`` (N,) (the class value of each object:
             for several classes, ids run across classes and ``class_map()`` gives the
-            class image), ``points`` (N, 2).
+            class image), ``points`` (N, 2), ``distances`` (N,) (part-aware: each
+            object's distance to the reference; objects far from it, or closer to a
+            negative prototype, are dropped).
         """
         embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
         members = concept.concepts if isinstance(concept, ClassConcepts) else {1: concept}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,13 @@ class Segmentation:
         1 for positive, 0 for negative points.
     box : (4,) float or None
         (y0, x0, y1, x1) box prompt of the final refinement step, in image pixels.
+    parts : (int, int) or None
+        The (part count, background count) whose prompts gave ``mask`` (part-aware
+        prompting; (1, 0) is PerSAM's); ``None`` when not known (propagated slices).
+    retrieval_distances : dict of (int, int) -> float
+        Earth mover's distance between the cells of each pair's mask and the
+        reference object's cells, for every pair tried (``inf`` for an empty mask);
+        ``parts`` has the smallest. Empty when the concept has no reference cells.
     """
 
     mask: np.ndarray
@@ -36,6 +43,8 @@ class Segmentation:
     points: np.ndarray
     point_labels: np.ndarray
     box: np.ndarray | None = None
+    parts: tuple[int, int] | None = None
+    retrieval_distances: dict[tuple[int, int], float] = field(default_factory=dict)
 
     @property
     def found(self) -> bool:
@@ -65,6 +74,10 @@ class Instances:
     ids : (N,) int32
         The value of each object in ``labels``: 1..N for one image; in a stack,
         ids follow objects from slice to slice and need not be consecutive.
+    distances : (N,) float32
+        Part-aware prompting: earth mover's distance between each object's cells
+        and the reference object's (as :attr:`Segmentation.retrieval_distances`).
+        NaN with PerSAM's prompts, or when the concept has no reference cells.
     """
 
     labels: np.ndarray
@@ -73,10 +86,18 @@ class Instances:
     classes: np.ndarray
     points: np.ndarray
     ids: np.ndarray | None = None
+    distances: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.ids is None:
             object.__setattr__(self, "ids", np.arange(1, len(self.scores) + 1, dtype=np.int32))
+        if self.distances is None:
+            object.__setattr__(self, "distances", np.full(len(self.scores), np.nan, np.float32))
+        else:
+            distances = np.asarray(self.distances, dtype=np.float32).reshape(-1)
+            if len(distances) != len(self.scores):
+                raise ValueError("Instances need one distance per object.")
+            object.__setattr__(self, "distances", distances)
 
     @property
     def count(self) -> int:

@@ -28,6 +28,7 @@ from napari_persam.core.engine.results import (
     Segmentation,
     merge_class_segmentations,
 )
+from napari_persam.core.engine.retrieval import segment_object
 from napari_persam.core.progress import Progress, ProgressGenerator
 
 #: ``embed(image) -> ImageEmbedding``: encodes (and caches) one (H, W[, C]) slice.
@@ -236,7 +237,7 @@ def _slice_object(
     previous_mask: np.ndarray | None,
 ) -> Segmentation:
     if previous_mask is None:
-        return prompter.segment(embedding, concept)
+        return segment_object(prompter, embedding, concept)
     guidance = prompter.guidance(embedding, concept)
     prompt = propagation_prompt(
         previous_mask,
@@ -326,4 +327,5 @@ class _IdTracker:
             classes=current.classes,
             points=current.points,
             ids=new_ids,
+            distances=current.distances,
         )

@@ -1,7 +1,7 @@
 """Concept files: what PerSAM learned, saved as ``.npz`` arrays plus one JSON entry.
 
 A concept file never holds pickled objects, so loading one cannot run code
-(``numpy.load(allow_pickle=False)``). Layout of format version 1:
+(``numpy.load(allow_pickle=False)``). Layout (format version 2):
 
 ``metadata``
     UTF-8 JSON as a uint8 array: format name and version, package version, the
@@ -17,6 +17,16 @@ Which Concept fields are stored, and what makes each valid, is the table of
 metadata layout here, so any defect is answered with one message, "... is not a
 valid concept file: <what>", before the concept is used. The reference images
 (``Concept.shots``) are not stored, so a loaded concept cannot be fine-tuned again.
+
+Format versions (see ``FORMAT_VERSION``):
+
+1. PerSAM's concept: target and per-shot embeddings, similarity levels, PerSAM-F
+   weights.
+2. Adds part-aware prompting (P²SAM) and the user's negatives: ``part_cells``,
+   ``part_prototypes``/``part_groups``, ``background_prototypes``/
+   ``background_groups``, ``negative_prototypes`` (arrays) and
+   ``object_distance``/``background_distance`` (scalars). Version 1 files still
+   load: their concepts have none of these and are prompted as PerSAM does.
 """
 
 from __future__ import annotations

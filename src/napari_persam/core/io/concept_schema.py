@@ -30,7 +30,8 @@ from napari_persam.core.engine.results import MAX_LABEL_VALUE
 
 #: The file format (see :mod:`.concept_file`).
 FORMAT_NAME = "napari-persam concept"
-FORMAT_VERSION = 1
+# 2 since part-aware prompting and negatives (see :mod:`.concept_file`).
+FORMAT_VERSION = 2
 METADATA_KEY = "metadata"
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
@@ -58,7 +59,8 @@ class FieldRule:
     kind : {"array", "scalar"}
         An ndarray (stored as its own ``.npy`` member) or a JSON scalar.
     dtype : str
-        Arrays: ``"float32"`` (any real float in the file, float32 in memory).
+        Arrays: ``"float32"`` (any real float in the file, float32 in memory) or
+        ``"int32"`` (whole numbers in the file, within int32).
         Scalars: ``"float"``, ``"int"``, ``"bool"`` or ``"str"``.
     shape : tuple of int or str
         Arrays: the size of each axis; a string names a size shared by every
@@ -90,6 +92,15 @@ CONCEPT_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("object_similarity", SCALAR, "float", low=-_SIMILARITY, high=_SIMILARITY),
     FieldRule("background_similarity", SCALAR, "float", low=-_SIMILARITY, high=_SIMILARITY),
     FieldRule("object_area", SCALAR, "float", low=0.0),
+    # Part-aware prompting (P²SAM) and the user's negatives: format version 2.
+    FieldRule("part_cells", ARRAY, "float32", ("N", "C")),
+    FieldRule("part_prototypes", ARRAY, "float32", ("P", "C")),
+    FieldRule("part_groups", ARRAY, "int32", ("P",), low=1),
+    FieldRule("background_prototypes", ARRAY, "float32", ("B", "C")),
+    FieldRule("background_groups", ARRAY, "int32", ("B",), low=1),
+    FieldRule("negative_prototypes", ARRAY, "float32", ("U", "C")),
+    FieldRule("object_distance", SCALAR, "float", low=0.0),
+    FieldRule("background_distance", SCALAR, "float", low=0.0),
 )
 
 RULES: dict[str, FieldRule] = {rule.name: rule for rule in CONCEPT_FIELDS}
@@ -209,7 +220,16 @@ def _as_dtype(rule: FieldRule, array: np.ndarray) -> np.ndarray:
 def _check_array(rule: FieldRule, content: Any, sizes: dict[str, int], model: str) -> np.ndarray:
     if not isinstance(content, np.ndarray):
         raise SchemaError(f"field {rule.name!r} is not an array (found {type(content).__name__})")
-    if content.dtype.kind != "f":
+    integral = rule.dtype == "int32"
+    if integral and content.dtype.kind not in "iu":
+        raise SchemaError(
+            f"array {rule.name!r} has dtype {content.dtype}; it must hold whole numbers"
+        )
+    if integral and content.size and not (
+        np.iinfo(np.int32).min <= content.min() and content.max() <= np.iinfo(np.int32).max
+    ):
+        raise SchemaError(f"array {rule.name!r} holds values beyond 32-bit integers")
+    if not integral and content.dtype.kind != "f":
         raise SchemaError(f"array {rule.name!r} has dtype {content.dtype}; it must hold floats")
     if content.ndim != len(rule.shape):
         raise SchemaError(
@@ -233,7 +253,7 @@ def _check_array(rule: FieldRule, content: Any, sizes: dict[str, int], model: st
                 else f"array {rule.name!r} is empty (shape {content.shape})"
             )
     array = content.astype(np.dtype(rule.dtype), copy=False)
-    if rule.finite and not np.isfinite(array).all():
+    if not integral and rule.finite and not np.isfinite(array).all():
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         raise SchemaError(f"array {rule.name!r} holds {bad} NaN or infinite value(s)")
     _check_range(rule, array)
