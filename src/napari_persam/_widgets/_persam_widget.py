@@ -200,9 +200,7 @@ class PerSAMWidget(PerSAMForm):
             return
         try:
             job = build_job(
-                self._request(
-                    extra_shots=self._extra_shots, extra_negatives=self._extra_negatives
-                )
+                self._request(extra_shots=self._extra_shots, extra_negatives=self._extra_negatives)
             )
         except ValueError as error:
             show_error(str(error))

@@ -89,7 +89,7 @@ def test_file_has_no_pickled_objects(engine, rng, tmp_path):
         "background_prototypes": "class_0/background_prototypes",
         "background_groups": "class_0/background_groups",
     }
-    assert metadata["classes"][0]["fields"]["negative_prototypes"] is None
+    assert "negative_prototypes" not in metadata["classes"][0]["fields"]  # None: not written
 
 
 def test_few_shot_data_and_reference_levels_survive_the_round_trip(engine, rng, tmp_path):

@@ -225,8 +225,12 @@ def _check_array(rule: FieldRule, content: Any, sizes: dict[str, int], model: st
         raise SchemaError(
             f"array {rule.name!r} has dtype {content.dtype}; it must hold whole numbers"
         )
-    if integral and content.size and not (
-        np.iinfo(np.int32).min <= content.min() and content.max() <= np.iinfo(np.int32).max
+    if (
+        integral
+        and content.size
+        and not (
+            np.iinfo(np.int32).min <= content.min() and content.max() <= np.iinfo(np.int32).max
+        )
     ):
         raise SchemaError(f"array {rule.name!r} holds values beyond 32-bit integers")
     if not integral and content.dtype.kind != "f":
