@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 #: The options a message may name, and how the core (Python) spells them.
 OPTIONS: dict[str, str] = {
-    "channels": "channels (PerSAMConfig.channels)",
+    "channels": "channels=(i,) or (r, g, b) (PerSAMConfig.channels)",
     "mask_threshold": "mask_threshold",
     "labels": "labels=True",
     "targets": "the targets",
