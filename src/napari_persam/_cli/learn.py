@@ -13,6 +13,7 @@ from napari_persam._cli.common import (
     add_mask_threshold_argument,
     add_model_arguments,
     add_reference_arguments,
+    add_tiling_arguments,
     build_config,
     fail,
     learn_concept,
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_mask_threshold_argument(parser)
     add_finetune_arguments(parser)
     add_model_arguments(parser)
+    add_tiling_arguments(parser)
     parser.set_defaults(func=main)
 
 

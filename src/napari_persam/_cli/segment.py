@@ -17,6 +17,7 @@ from napari_persam._cli.common import (
     add_mask_threshold_argument,
     add_model_arguments,
     add_reference_arguments,
+    add_tiling_arguments,
     build_config,
     engine_spec,
     fail,
@@ -84,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_mask_threshold_argument(parser)
     add_finetune_arguments(parser)
     add_model_arguments(parser)
+    add_tiling_arguments(parser)
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument(
         "--workers",
@@ -215,6 +217,10 @@ def _segment(args: argparse.Namespace) -> int:
         }
     if concept_file is not None and engine is not None:
         _check_model(concept_file, model_name, engine.fingerprint, args.concept)
+    encodings = _plan_encodings(targets, concepts, config)
+    run_info["encodings"] = encodings
+    if not args.quiet:
+        print(encodings["summary"], file=sys.stderr)
 
     if not distributed:
         assert engine is not None
@@ -238,6 +244,44 @@ def _segment(args: argparse.Namespace) -> int:
     run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report = write_report(args.out, records, run=run_info)
     return _summarize(records, report)
+
+
+def _plan_encodings(targets: list, concepts: dict, config: Any) -> dict[str, Any]:
+    """How many encodings the run takes (tiles per image or slice), refusing too many.
+
+    Every target is planned from its header before any work, so an image that needs
+    more than --max-tiles tiles stops the run before anything is written.
+    """
+    from napari_persam.core.engine.tiles import plan_for
+    from napari_persam.core.errors import InputError
+    from napari_persam.core.io.lazy import target_shape
+
+    total, scales = 0, set()
+    for target in targets:
+        try:
+            shape = target_shape(target)
+        except (InputError, OSError, ValueError):
+            continue  # unreadable: reported as a failed input when its turn comes
+        plane = shape[1:] if target.is_stack else shape
+        depth = shape[0] if target.is_stack else 1
+        for concept in concepts.values():
+            try:
+                plan = plan_for(
+                    plane,
+                    pixels_per_cell=concept.pixels_per_cell,
+                    object_diameter=concept.object_diameter,
+                    config=config,
+                )
+            except InputError as error:
+                raise usage_error(error, f"{target.path}: ") from error
+            total += len(plan) * depth
+            if plan.tiled:
+                scales.add((plan.tile_side, round(plan.pixels_per_cell, 2)))
+    how = "; ".join(
+        f"tiles of {side} px ({cell} px per feature cell)" for side, cell in sorted(scales)
+    )
+    summary = f"{len(targets)} input(s): {total} encoding(s)" + (f", {how}" if how else "")
+    return {"total": total, "summary": summary}
 
 
 def _check_model(concept_file: Any, model_name: str, fingerprint: str, source: str) -> None:

@@ -77,6 +77,9 @@ class PerSAMForm(Container):
         self.target_guided_attention = controls.target_guided_attention()
         self.semantic_prompt = controls.semantic_prompt()
         self.min_object_size = controls.min_object_size()
+        self.tiling = controls.tiling()
+        self.tile_side = controls.tile_side()
+        self.tiling_info = controls.tiling_info()
         self.run_button = controls.run_button()
         self.cancel_button = controls.cancel_button()
         self.status = controls.status()
@@ -89,6 +92,7 @@ class PerSAMForm(Container):
             self.stack_mode, self.model, self.checkpoint, self.device, self.cache_on_disk,
             self.concept_file, self.finetune, self.finetune_steps,
             self.target_guided_attention, self.semantic_prompt, self.min_object_size,
+            self.tiling, self.tile_side, self.tiling_info,
             self.run_button, self.cancel_button, self.export_path, self.export_button,
             self.status,
         ])  # fmt: skip
@@ -103,6 +107,8 @@ class PerSAMForm(Container):
         self.model.changed.connect(self._on_model_changed)
         self.finetune.changed.connect(self._on_finetune_changed)
         self.concept_file.changed.connect(self._on_concept_file_changed)
+        self.tiling.changed.connect(self._on_tiling_changed)
+        self._on_tiling_changed()
         self._on_image_changed()
         self._on_model_changed()
         self._on_finetune_changed()
@@ -156,6 +162,14 @@ class PerSAMForm(Container):
         else:
             self.status.value = "Run learns from the reference layer."
 
+    def _on_tiling_changed(self, *_: object) -> None:
+        self.tile_side.visible = self.tiling.value == controls.TILE_SIDE
+
+    def _tiling_choice(self) -> str | int:
+        if self.tiling.value == controls.TILE_SIDE:
+            return int(self.tile_side.value)
+        return str(self.tiling.value)
+
     def _concept_path(self) -> Path | None:
         path = self.concept_file.value
         if not path or str(path) in ("", "."):
@@ -184,6 +198,7 @@ class PerSAMForm(Container):
                 target_guided_attention=self.target_guided_attention.value,
                 semantic_prompt=self.semantic_prompt.value,
                 min_area_fraction=float(self.min_object_size.value) / 100.0,
+                tiling=self._tiling_choice(),
                 finetune_steps=int(self.finetune_steps.value),
                 instance_threshold=(
                     None if self.auto_threshold.value else float(self.instance_threshold.value)

@@ -35,6 +35,7 @@ from napari_persam._widgets._models import LoadedModels
 from napari_persam._widgets._more_references import result_shot
 from napari_persam._widgets._run_state import RunState
 from napari_persam._widgets._runner import Job, run_job
+from napari_persam._widgets._tiling_info import describe_tiling
 from napari_persam.core.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -151,7 +152,24 @@ class PerSAMWidget(PerSAMForm):
         if isinstance(step, ConceptReady) and step.concept is not None:
             self.last_concept = step.concept
             self.export_button.enabled = True
+            self._show_tiling(step)
         self._show(step)
+
+    def _show_tiling(self, step: ConceptReady) -> None:
+        """Say next to Run at what scale the Run works and what it costs."""
+        job = self.job
+        if job is None or not job.targets or step.concept is None:
+            return
+        first = job.targets[0]
+        shape = np.shape(first.source)
+        image_hw = shape[1:3] if first.slice_index is not None else shape[:2]
+        self.tiling_info.value = describe_tiling(
+            image_hw,
+            step.concept.concepts,
+            job.config,
+            images=len(job.targets),
+            seconds_per_encoding=step.seconds_per_encoding,
+        )
 
     def _on_errored(self, error: BaseException) -> None:
         self._report(error)

@@ -15,6 +15,9 @@ from typing import Any
 
 ENCODER_DTYPES = ("float32", "bfloat16")
 STACK_MODES = ("propagate", "independent")
+TILINGS = ("auto", "off")
+#: The smallest tile side: a tile must hold a few feature cells (SAM's grid is 64 x 64).
+MIN_TILE_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,21 @@ class PerSAMConfig:
     propagation_min_score : float
         Stacks: a result below this predicted IoU (or empty) does not prompt the
         next slice, so a vanished object stops steering.
+    object_cells : float
+        Small objects in large images: the reference object (median equivalent
+        diameter of its painted pieces) must span at least this many feature cells
+        across. When it spans fewer at the whole-image scale, learning and
+        segmenting work on tiles at the scale where it does (see ``tiling``).
+    tiling : "auto", "off" or int
+        ``"auto"``: tile at the concept's learned scale when the image is larger
+        than one tile at that scale; ``"off"``: always the whole image (one
+        encoding, SAM's own geometry); an int: tiles of that side in pixels.
+    tile_overlap : int, optional
+        Pixels shared by neighbouring tiles; ``None``: three object diameters (at
+        least two feature cells), so an object near a tile border lies whole in the
+        next tile.
+    max_tiles : int
+        Refuse a plan with more tiles per image than this (say how to coarsen).
     seed : int
         Seed for anything random (PerSAM-F has no randomness; kept for
         determinism of future steps).
@@ -107,6 +125,10 @@ class PerSAMConfig:
     stack_mode: str = "propagate"
     propagation_margin: float = 0.1
     propagation_min_score: float = 0.5
+    object_cells: float = 2.0
+    tiling: str | int = "auto"
+    tile_overlap: int | None = None
+    max_tiles: int = 256
 
     def __post_init__(self) -> None:
         if self.encoder_dtype not in ENCODER_DTYPES:
@@ -146,6 +168,20 @@ class PerSAMConfig:
             raise ValueError(f"propagation_margin must be >= 0, got {self.propagation_margin}.")
         if self.cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {self.cache_size}.")
+        if not self.object_cells > 0:
+            raise ValueError(f"object_cells must be positive, got {self.object_cells}.")
+        if isinstance(self.tiling, bool) or (
+            isinstance(self.tiling, str) and self.tiling not in TILINGS
+        ):
+            raise ValueError(
+                f"tiling must be one of {TILINGS} or a tile side in pixels, got {self.tiling!r}."
+            )
+        if isinstance(self.tiling, int) and self.tiling < MIN_TILE_SIDE:
+            raise ValueError(f"A tile side must be at least {MIN_TILE_SIDE} px, got {self.tiling}.")
+        if self.tile_overlap is not None and self.tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be >= 0 px, got {self.tile_overlap}.")
+        if self.max_tiles < 1:
+            raise ValueError(f"max_tiles must be >= 1, got {self.max_tiles}.")
 
 
 # ------------------------------------------------------------------------ JSON form

@@ -22,6 +22,9 @@ OPTIONS: dict[str, str] = {
     "out": "another output folder",
     "model": "the model",
     "label_value": "the label value",
+    "object_cells": "object_cells (PerSAMConfig.object_cells)",
+    "tiling": "tiling (PerSAMConfig.tiling)",
+    "max_tiles": "max_tiles (PerSAMConfig.max_tiles)",
 }
 
 _MARKER = re.compile(r"\{([a-z_]+)\}")

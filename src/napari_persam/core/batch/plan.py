@@ -22,7 +22,8 @@ import numpy as np
 from napari_persam.core.batch.report import failure_from
 from napari_persam.core.errors import InputError, option
 from napari_persam.core.io.labels import create_label_stack, label_suffix
-from napari_persam.core.io.targets import Target, stack_shape
+from napari_persam.core.io.lazy import stack_shape
+from napari_persam.core.io.targets import Target
 
 RECORDS_DIR = os.path.join(".napari-persam", "records")
 

@@ -16,6 +16,7 @@ Steps (Zhang et al. 2023, with the official code's known bugs fixed):
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.devices import resolve_device, supports_bfloat16
-from napari_persam.core.engine.concepts import ClassConcepts, Concept, Shot, check_concept
+from napari_persam.core.engine.concepts import ClassConcepts, Concept, check_concept
 from napari_persam.core.engine.embeddings import (
     EmbeddingCache,
     ImageEmbedding,
@@ -33,17 +34,20 @@ from napari_persam.core.engine.embeddings import (
     model_fingerprint,
 )
 from napari_persam.core.engine.finetune import fit_mask_weights
-from napari_persam.core.engine.images import prepare_image, prepare_mask
-from napari_persam.core.engine.instances import find_instances, merge_class_instances
-from napari_persam.core.engine.prompting import Prompter, cosine_similarity_grid
+from napari_persam.core.engine.images import prepare_image
+from napari_persam.core.engine.instances import merge_class_instances
+from napari_persam.core.engine.learning import Learner
+from napari_persam.core.engine.prompting import Prompter
 from napari_persam.core.engine.results import (
     Instances,
     LabelSegmentation,
     Segmentation,
     merge_class_segmentations,
 )
+from napari_persam.core.engine.segmenter import ImageSegmenter
 from napari_persam.core.engine.stacks import iter_segment_stack
-from napari_persam.core.progress import Progress, ProgressGenerator
+from napari_persam.core.engine.tiles import TilePlan
+from napari_persam.core.progress import Progress, ProgressGenerator, run
 
 
 class PerSAM:
@@ -102,22 +106,66 @@ class PerSAM:
         self.fingerprint = model_fingerprint(sam)
         self.cache = cache if cache is not None else EmbeddingCache(self.config.cache_size)
         self.prompter = Prompter(sam, self.device, self.config)
+        #: Seconds each of the last encodings took (to say how long a plan will take).
+        self.encoding_seconds: list[float] = []
+        grid = int(sam.prompt_encoder.image_embedding_size[1])
+        self.segmenter = ImageSegmenter(self.prompter, self.embed, self.embed_tile, grid=grid)
+        self._learner = Learner(
+            embed=self.embed,
+            embed_tile=self.embed_tile,
+            config=self.config,
+            fingerprint=self.fingerprint,
+            model_name=self.model_name,
+            grid=grid,
+        )
 
     # ------------------------------------------------------------------ encoding
     def embed(self, image: np.ndarray) -> ImageEmbedding:
         """SAM's embedding of ``image`` ((H, W) or (H, W, C), any dtype), cached."""
         return self._embed_rgb(prepare_image(image, channels=self.config.channels))
 
-    def _embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
+    def embed_tile(self, rgb: np.ndarray, frame_side: int) -> ImageEmbedding:
+        """SAM's embedding of one prepared tile ((h, w, 3) uint8) at a fixed scale, cached.
+
+        ``frame_side``: the tile side in image pixels that SAM's input side stands
+        for, so a partial tile at the border is padded, not stretched.
+        """
+        return self._embed_rgb(rgb, frame_side=int(frame_side))
+
+    def _embed_rgb(self, rgb: np.ndarray, *, frame_side: int | None = None) -> ImageEmbedding:
         key = (self.fingerprint, image_digest(rgb), self.config.encoder_dtype)
+        if frame_side is not None:
+            key = (*key, f"tile of {frame_side} px")  # the same pixels at another scale
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        start = time.perf_counter()
         embedding = encode_image(
-            self.sam, rgb, device=self.device, encoder_dtype=self.config.encoder_dtype
+            self.sam,
+            rgb,
+            device=self.device,
+            encoder_dtype=self.config.encoder_dtype,
+            frame_side=frame_side,
         )
+        self.encoding_seconds = [*self.encoding_seconds[-49:], time.perf_counter() - start]
         self.cache.put(key, embedding)
         return embedding
+
+    def plan_tiles(self, image_shape, concept: Concept | ClassConcepts) -> list[TilePlan]:
+        """The windows a run encodes for an image of ``image_shape`` (one plan per class).
+
+        Each plan's :meth:`~.tiles.TilePlan.windows` are ``(y0, x0, y1, x1)``;
+        ``sum(len(plan) for plan in plans)`` is the number of encodings (plans of the
+        same scale share their encodings through the cache). Raises an
+        :class:`~napari_persam.core.errors.InputError` for a plan beyond
+        ``config.max_tiles``, saying how to coarsen.
+        """
+        members = concept.concepts.values() if isinstance(concept, ClassConcepts) else [concept]
+        plans: dict[int | None, TilePlan] = {}
+        for member in members:
+            plan = self.segmenter.plan(tuple(image_shape), member)
+            plans.setdefault(plan.tile_side, plan)
+        return list(plans.values())
 
     # ------------------------------------------------------------------ learning
     def learn(
@@ -142,53 +190,8 @@ class PerSAM:
             masks cover (coverage >= ``config.foreground_coverage``; for an object
             smaller than that, the best-covered cells).
         """
-        if mask is None:
-            pairs = list(image)  # type: ignore[arg-type]
-            if not pairs:
-                raise ValueError("learn() needs at least one (image, mask) pair.")
-        else:
-            pairs = [(image, mask)]
-        # Masks are checked before any image is encoded (seconds each with ViT-B).
-        masks = [prepare_mask(ref_mask, np.shape(ref_image)) for ref_image, ref_mask in pairs]
-        shots = [
-            self._shot(self._reference(ref_image), mask)
-            for (ref_image, _), mask in zip(pairs, masks)
-        ]
-        return self._concept_from_shots(shots)
-
-    def _concept_from_shots(self, shots: Sequence[Shot]) -> Concept:
-        pooled = np.concatenate([shot.features[:, shot.foreground_cells].T for shot in shots])
-        target = pooled.mean(axis=0).astype(np.float32)
-        per_shot = np.stack(
-            [shot.features[:, shot.foreground_cells].mean(axis=1) for shot in shots]
-        ).astype(np.float32)
-        inside, outside = self._reference_levels(shots, per_shot)
-        return Concept(
-            target_embedding=target,
-            model_fingerprint=self.fingerprint,
-            model_name=self.model_name,
-            shots=tuple(shots),
-            shot_embeddings=per_shot,
-            object_similarity=inside,
-            background_similarity=outside,
-            object_area=float(np.mean([shot.mask.sum() for shot in shots])),
-        )
-
-    def _reference_levels(
-        self, shots: Sequence[Shot], embeddings: np.ndarray
-    ) -> tuple[float, float]:
-        """Mean similarity of the references' object cells and of their background cells."""
-        directions = torch.from_numpy(embeddings)
-        inside, outside = [], []
-        for shot in shots:
-            grid = cosine_similarity_grid(torch.from_numpy(shot.features)[None], directions)
-            grid = grid.numpy()
-            coverage = shot.geometry.mask_coverage(shot.mask)
-            background = (coverage == 0) & shot.geometry.valid_cells()
-            inside.append(float(grid[shot.foreground_cells].mean()))
-            # A mask covering the whole image leaves no background: assume a margin.
-            outside.append(float(grid[background].mean()) if background.any() else inside[-1] - 0.4)
-        return float(np.mean(inside)), float(np.mean(outside))
+        pairs = list(image) if mask is None else [(image, mask)]  # type: ignore[arg-type]
+        return self._learner.learn(pairs)
 
     def learn_classes(
         self,
@@ -213,61 +216,7 @@ class PerSAM:
             Each image is encoded once for all classes.
         """
         pairs = list(image) if labels is None else [(image, labels)]  # type: ignore[arg-type]
-        if not pairs:
-            raise ValueError("learn_classes() needs at least one (image, labels) pair.")
-        present = sorted({int(v) for _, lab in pairs for v in np.unique(np.asarray(lab)) if v != 0})
-        wanted = present if values is None else [int(v) for v in values]
-        missing = [v for v in wanted if v not in present]
-        if not wanted or missing:
-            raise ValueError(
-                f"Label value(s) {missing or wanted} are not painted in the reference "
-                f"(painted values: {present or 'none'}); paint them or choose others."
-            )
-        # Masks are checked before any image is encoded; each reference is then
-        # prepared, hashed and encoded once, and its classes share it.
-        masks = [
-            {
-                value: prepare_mask(np.asarray(lab) == value, np.shape(ref))
-                for value in wanted
-                if (np.asarray(lab) == value).any()
-            }
-            for ref, lab in pairs
-        ]
-        references = [self._reference(ref) for ref, _ in pairs]
-        concepts = {}
-        for value in wanted:
-            shots = [
-                self._shot(reference, by_value[value])
-                for reference, by_value in zip(references, masks)
-                if value in by_value
-            ]
-            concepts[value] = self._concept_from_shots(shots)
-        return ClassConcepts(concepts)
-
-    def _reference(self, image: np.ndarray) -> tuple[ImageEmbedding, np.ndarray]:
-        """A reference image's embedding and its features on the CPU (shared by its shots)."""
-        if np.ndim(image) not in (2, 3):
-            raise ValueError(
-                f"Each reference must be an (image, mask) pair of 2D arrays; got an image "
-                f"of shape {np.shape(image)}."
-            )
-        embedding = self.embed(image)
-        return embedding, embedding.features[0].cpu().numpy()
-
-    def _shot(self, reference: tuple[ImageEmbedding, np.ndarray], mask: np.ndarray) -> Shot:
-        """One reference object; ``mask`` (H, W) bool, already checked by prepare_mask."""
-        embedding, features = reference
-        coverage = embedding.geometry.mask_coverage(mask)
-        foreground = coverage >= self.config.foreground_coverage
-        if not foreground.any():
-            # A small object covers no cell by half: use the best-covered cell(s).
-            foreground = coverage >= coverage.max()
-        return Shot(
-            features=features,
-            mask=mask,
-            geometry=embedding.geometry,
-            foreground_cells=foreground,
-        )
+        return self._learner.learn_classes(pairs, values)
 
     def finetune(self, concept: Concept) -> Concept:
         """PerSAM-F: fit the weights of SAM's three masks to the reference mask(s).
@@ -336,14 +285,21 @@ class PerSAM:
             For ClassConcepts: ``labels`` (H, W) int32 holding the reference's
             values; where two classes claim a pixel the higher score wins.
         """
-        embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
-        if isinstance(concept, ClassConcepts):
-            results = {
-                value: self.prompter.segment(embedding, check_concept(member, self.fingerprint))
-                for value, member in concept.concepts.items()
-            }
-            return merge_class_segmentations(results, embedding.geometry.original_hw)
-        return self.prompter.segment(embedding, check_concept(concept, self.fingerprint))
+        return run(self.iter_segment(image, concept))
+
+    def iter_segment(
+        self, image: np.ndarray, concept: Concept | ClassConcepts
+    ) -> ProgressGenerator[Segmentation | LabelSegmentation]:
+        """:meth:`segment` as a progress generator counting encodings (tiles)."""
+        if not isinstance(concept, ClassConcepts):
+            check_concept(concept, self.fingerprint)
+            return (yield from self.segmenter.iter_object(image, concept))
+        for member in concept.concepts.values():
+            check_concept(member, self.fingerprint)
+        results = {}
+        for value, member in concept.concepts.items():
+            results[value] = yield from self.segmenter.iter_object(image, member)
+        return merge_class_segmentations(results, tuple(np.shape(image)[:2]))
 
     def segment_instances(self, image: np.ndarray, concept: Concept | ClassConcepts) -> Instances:
         """Find every instance of the concept (or of each class) in ``image``.
@@ -364,12 +320,20 @@ class PerSAM:
             for several classes, ids run across classes and ``class_map()`` gives the
             class image), ``points`` (N, 2).
         """
-        embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
+        return run(self.iter_segment_instances(image, concept))
+
+    def iter_segment_instances(
+        self, image: np.ndarray, concept: Concept | ClassConcepts
+    ) -> ProgressGenerator[Instances]:
+        """:meth:`segment_instances` as a progress generator counting encodings (tiles)."""
         members = concept.concepts if isinstance(concept, ClassConcepts) else {1: concept}
+        for member in members.values():
+            check_concept(member, self.fingerprint)
         found = {}
         for value, member in members.items():
-            check_concept(member, self.fingerprint)
-            found[value] = find_instances(self.prompter, embedding, member, class_value=value)
+            found[value] = yield from self.segmenter.iter_instances(
+                image, member, class_value=value
+            )
         if not isinstance(concept, ClassConcepts):
             return found[1]
         return merge_class_instances(found, iou_limit=self.config.instance_iou_limit)
@@ -425,8 +389,7 @@ class PerSAM:
         return iter_segment_stack(
             stack,
             concept,
-            embed=self.embed,
-            prompter=self.prompter,
+            segmenter=self.segmenter,
             reference_index=reference_index,
             slices=slices,
             instances=instances,

@@ -216,6 +216,7 @@ class DiskEmbeddingCache:
                     "original_hw": list(geometry.original_hw),
                     "img_size": geometry.img_size,
                     "grid_hw": list(geometry.grid_hw),
+                    "frame_side": geometry.frame_side,
                 },
             },
         )
@@ -237,6 +238,11 @@ class DiskEmbeddingCache:
                 original_hw=tuple(int(v) for v in geometry_fields["original_hw"]),
                 img_size=int(geometry_fields["img_size"]),
                 grid_hw=tuple(int(v) for v in geometry_fields["grid_hw"]),
+                frame_side=(
+                    None
+                    if geometry_fields.get("frame_side") is None
+                    else int(geometry_fields["frame_side"])
+                ),
             )
             features = np.asarray(array[...], dtype=np.float32)
         except Exception:  # damaged entry (disk full, manual edits): encode again

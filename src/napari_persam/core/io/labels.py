@@ -26,7 +26,12 @@ ZARR_MARK = "napari_persam"
 
 
 def label_suffix(path: str) -> str:
-    """Suffix of the label file written for an image file (lossless: TIFF or PNG)."""
+    """Suffix of the label file written for an image (lossless: TIFF or PNG).
+
+    A 2D zarr array (possibly huge) gets a TIFF, which has no size limit.
+    """
+    if os.path.isdir(path):
+        return ".tif"
     return _LABEL_SUFFIX.get(Path(path).suffix.lower(), ".png")
 
 
