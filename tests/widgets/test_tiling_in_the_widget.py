@@ -25,7 +25,7 @@ def test_a_run_says_its_scale_and_tiles_and_the_bar_counts_them(viewer, open_wid
     viewer.add_image(image, name="field")
     viewer.add_labels(labels, name="ref")
     widget = open_widget()
-    assert widget.tiling.value == "auto" and not widget.tile_side.visible
+    assert widget.tiling.value == "auto" and widget.tile_side.native.isHidden()
     steps = []
     widget.run_button.native.click()
     widget.worker.yielded.connect(steps.append)
@@ -50,7 +50,7 @@ def test_tiling_off_and_a_tile_size_reach_the_run(viewer, open_widget, qtbot):
     assert widget.job.config.tiling == "off"
     assert "whole image at once" in widget.tiling_info.value
     widget.tiling.value = "tile size"
-    assert widget.tile_side.visible
+    assert not widget.tile_side.native.isHidden()
     widget.tile_side.value = 448
     run_and_wait(qtbot, widget, timeout=120_000)
     assert widget.job.config.tiling == 448

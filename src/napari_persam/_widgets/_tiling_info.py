@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from napari_persam.core.config import PerSAMConfig
-from napari_persam.core.engine.concepts import Concept
 from napari_persam.core.engine.tiles import plan_for
 from napari_persam.core.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_persam.core.engine.concepts import Concept
 
 
 def describe_tiling(
