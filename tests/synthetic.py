@@ -276,3 +276,36 @@ def paint_object(
 def plain_background(shape: tuple[int, int], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.clip(120 + rng.normal(0, 5, (*shape, 3)), 0, 255).astype(np.uint8)
+
+
+def disc_field(
+    size=(4096, 4096),
+    *,
+    spacing: int = 230,
+    seed: int = 0,
+    levels: tuple[float, float, float] = (60, 4, 230),
+    dtype=np.uint8,
+):
+    """Bright discs 12-16 px across on a darker noisy field, one per grid cell, jittered.
+
+    ``levels``: background mean, its noise and the discs' value. Returns the (H, W)
+    image of ``dtype`` and the (H, W) int32 disc label image (1..N).
+    """
+    rng = np.random.default_rng(seed)
+    height, width = size
+    background, noise, bright = levels
+    top = np.iinfo(dtype).max
+    image = np.clip(background + rng.normal(0, noise, size), 0, top).astype(dtype)
+    labels = np.zeros(size, np.int32)
+    count = 0
+    for cy in range(spacing // 2, height - 12, spacing):
+        for cx in range(spacing // 2, width - 12, spacing):
+            y = int(np.clip(cy + rng.integers(-spacing // 4, spacing // 4), 10, height - 11))
+            x = int(np.clip(cx + rng.integers(-spacing // 4, spacing // 4), 10, width - 11))
+            radius = rng.uniform(6.0, 8.0)
+            yy, xx = np.mgrid[y - 9 : y + 10, x - 9 : x + 10]
+            inside = (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+            count += 1
+            image[yy[inside], xx[inside]] = bright
+            labels[yy[inside], xx[inside]] = count
+    return image, labels

@@ -252,7 +252,7 @@ def _plan_encodings(targets: list, concepts: dict, config: Any) -> dict[str, Any
     Every target is planned from its header before any work, so an image that needs
     more than --max-tiles tiles stops the run before anything is written.
     """
-    from napari_persam.core.engine.tiles import plan_for
+    from napari_persam.core.engine.tiles import plans_for
     from napari_persam.core.errors import InputError
     from napari_persam.core.io.lazy import target_shape
 
@@ -264,19 +264,12 @@ def _plan_encodings(targets: list, concepts: dict, config: Any) -> dict[str, Any
             continue  # unreadable: reported as a failed input when its turn comes
         plane = shape[1:] if target.is_stack else shape
         depth = shape[0] if target.is_stack else 1
-        for concept in concepts.values():
-            try:
-                plan = plan_for(
-                    plane,
-                    pixels_per_cell=concept.pixels_per_cell,
-                    object_diameter=concept.object_diameter,
-                    config=config,
-                )
-            except InputError as error:
-                raise usage_error(error, f"{target.path}: ") from error
-            total += len(plan) * depth
-            if plan.tiled:
-                scales.add((plan.tile_side, round(plan.pixels_per_cell, 2)))
+        try:
+            plans = plans_for(plane, concepts.values(), config=config)
+        except InputError as error:
+            raise usage_error(error, f"{target.path}: ") from error
+        total += sum(len(plan) for plan in plans) * depth
+        scales |= {(p.tile_side, round(p.pixels_per_cell, 2)) for p in plans if p.tiled}
     how = "; ".join(
         f"tiles of {side} px ({cell} px per feature cell)" for side, cell in sorted(scales)
     )

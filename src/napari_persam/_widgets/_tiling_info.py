@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from napari_persam.core.config import PerSAMConfig
-from napari_persam.core.engine.tiles import plan_for
+from napari_persam.core.engine.tiles import plans_for
 from napari_persam.core.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,20 +34,14 @@ def describe_tiling(
     seconds_per_encoding : float, optional
         Measured on this machine (the Run's own encodings); gives the time estimate.
     """
-    parts, per_image = [], 0
-    for concept in concepts.values():
-        try:
-            plan = plan_for(
-                image_hw,
-                pixels_per_cell=concept.pixels_per_cell,
-                object_diameter=concept.object_diameter,
-                config=config,
-            )
-        except InputError as error:
-            return str(error)
-        per_image += len(plan)
-        if plan.tiled:
-            parts.append(f"{plan.pixels_per_cell:.1f} px per cell: {plan.describe()}")
+    try:
+        plans = plans_for(image_hw, concepts.values(), config=config)
+    except InputError as error:
+        return str(error)
+    per_image = sum(len(plan) for plan in plans)
+    parts = [
+        f"{plan.pixels_per_cell:.1f} px per cell: {plan.describe()}" for plan in plans if plan.tiled
+    ]
     where = "; ".join(dict.fromkeys(parts)) or "the whole image at once"
     total = per_image * images
     text = f"{where} per {'slice' if images > 1 else 'image'}; {total} encoding(s)"

@@ -16,8 +16,8 @@ from napari_persam.core.batch.plan import (
 )
 from napari_persam.core.batch.run import iter_run_local, run_item
 from napari_persam.core.engine.concepts import Concept
-from napari_persam.core.engine.tiles import plan_tiles
 from napari_persam.core.engine.results import Instances, Segmentation
+from napari_persam.core.engine.tiles import plan_tiles
 from napari_persam.core.io.targets import resolve_targets
 from napari_persam.core.progress import Progress, run
 

@@ -14,32 +14,7 @@ from scipy.stats import rankdata
 
 from napari_persam.core import PerSAM, PerSAMConfig
 from napari_persam.core.errors import InputError
-from tests.synthetic import semantic_sam
-
-BACKGROUND, BRIGHT = 60, 230
-
-
-def disc_field(size=(4096, 4096), *, spacing=230, seed=0):
-    """Bright discs 12-16 px across on a darker noisy field, one per grid cell, jittered.
-
-    Returns the (H, W) uint8 image and the (N,) disc label image (1..N).
-    """
-    rng = np.random.default_rng(seed)
-    height, width = size
-    image = np.clip(BACKGROUND + rng.normal(0, 4, size), 0, 255).astype(np.uint8)
-    labels = np.zeros(size, np.int32)
-    count = 0
-    for cy in range(spacing // 2, height - 12, spacing):
-        for cx in range(spacing // 2, width - 12, spacing):
-            y = int(np.clip(cy + rng.integers(-spacing // 4, spacing // 4), 10, height - 11))
-            x = int(np.clip(cx + rng.integers(-spacing // 4, spacing // 4), 10, width - 11))
-            radius = rng.uniform(6.0, 8.0)
-            yy, xx = np.mgrid[y - 9 : y + 10, x - 9 : x + 10]
-            inside = (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
-            count += 1
-            image[yy[inside], xx[inside]] = BRIGHT
-            labels[yy[inside], xx[inside]] = count
-    return image, labels
+from tests.synthetic import disc_field, semantic_sam
 
 
 def _engine(**options) -> PerSAM:

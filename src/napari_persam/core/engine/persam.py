@@ -46,7 +46,7 @@ from napari_persam.core.engine.results import (
 )
 from napari_persam.core.engine.segmenter import ImageSegmenter
 from napari_persam.core.engine.stacks import iter_segment_stack
-from napari_persam.core.engine.tiles import TilePlan
+from napari_persam.core.engine.tiles import TilePlan, plans_for
 from napari_persam.core.progress import Progress, ProgressGenerator, run
 
 
@@ -161,11 +161,7 @@ class PerSAM:
         ``config.max_tiles``, saying how to coarsen.
         """
         members = concept.concepts.values() if isinstance(concept, ClassConcepts) else [concept]
-        plans: dict[int | None, TilePlan] = {}
-        for member in members:
-            plan = self.segmenter.plan(tuple(image_shape), member)
-            plans.setdefault(plan.tile_side, plan)
-        return list(plans.values())
+        return plans_for(tuple(image_shape), members, config=self.config, grid=self.segmenter.grid)
 
     # ------------------------------------------------------------------ learning
     def learn(

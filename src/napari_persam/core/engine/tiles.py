@@ -19,7 +19,7 @@ from one where it sits at the border.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -295,3 +295,29 @@ def plan_for(
         max_tiles=config.max_tiles,
         grid=grid,
     )
+
+
+def plans_for(
+    image_shape: Sequence[int],
+    concepts: Iterable,
+    *,
+    config: PerSAMConfig,
+    grid: int = 64,
+) -> list[TilePlan]:
+    """The plans a run encodes an image in for several concepts (one per distinct scale).
+
+    ``concepts``: objects with ``pixels_per_cell`` and ``object_diameter`` (Concepts).
+    Plans of the same tile side share their encodings through the cache, so
+    ``sum(len(plan) for plan in plans)`` is what the image costs.
+    """
+    plans: dict[int | None, TilePlan] = {}
+    for concept in concepts:
+        plan = plan_for(
+            image_shape,
+            pixels_per_cell=concept.pixels_per_cell,
+            object_diameter=concept.object_diameter,
+            config=config,
+            grid=grid,
+        )
+        plans.setdefault(plan.tile_side, plan)
+    return list(plans.values())
