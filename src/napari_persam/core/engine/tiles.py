@@ -44,9 +44,13 @@ def piece_diameters(mask: np.ndarray) -> np.ndarray:
     mask : (H, W) bool
         The painted object(s); pieces are 8-connected components.
     """
-    labels, count = ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3), bool))
-    if count == 0:
+    mask = np.asarray(mask, bool)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
         return np.zeros(0)
+    # Only the painted box is labelled: an 8192 x 8192 label image would be 256 MiB.
+    box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    labels, count = ndimage.label(box, structure=np.ones((3, 3), bool))
     areas = np.bincount(labels.ravel())[1:]
     return 2.0 * np.sqrt(areas / math.pi)
 
