@@ -175,13 +175,21 @@ class PassThroughPromptEncoder(torch.nn.Module):
 
 
 class RegionGrowingDecoder(torch.nn.Module):
-    """Mask = the connected cells that look like the cell under the positive point."""
+    """Mask = the connected cells that look like the cell under the positive point.
 
-    def __init__(self, *, img_size: int, grid: int, similarity: float = 0.9) -> None:
+    ``typical=True`` first moves to the cell near the point most like its
+    neighbours (for large objects clicked at their rim); objects of a few cells
+    (small ones at their learned scale) are grown from the cell under the point.
+    """
+
+    def __init__(
+        self, *, img_size: int, grid: int, similarity: float = 0.9, typical: bool = True
+    ) -> None:
         super().__init__()
         self.img_size = img_size
         self.grid = grid
         self.similarity = similarity
+        self.typical = typical
 
     def _typical_cell(self, features: torch.Tensor, x: int, y: int) -> tuple[int, int]:
         """The cell near (x, y) most like its neighbours: a point on an object's edge
@@ -214,7 +222,9 @@ class RegionGrowingDecoder(torch.nn.Module):
             region = np.zeros((self.grid, self.grid), dtype=bool)
             positive = cells[labels == 1]
             if len(positive):
-                x, y = self._typical_cell(features, *positive[0].tolist())
+                x, y = positive[0].tolist()
+                if self.typical:
+                    x, y = self._typical_cell(features, x, y)
                 alike = torch.einsum("c,chw->hw", features[:, y, x], features) > self.similarity
                 components, _ = ndimage.label(alike.numpy())
                 if components[y, x]:
@@ -232,15 +242,20 @@ class RegionGrowingDecoder(torch.nn.Module):
         return stacked, torch.full((len(masks), count), 0.9)
 
 
-def semantic_sam(*, img_size: int = 1024):
-    """A SAM made of the stand-ins above (no random parts)."""
+def semantic_sam(*, img_size: int = 1024, typical: bool = True, similarity: float = 0.9):
+    """A SAM made of the stand-ins above (no random parts).
+
+    ``similarity``: how alike (cosine) a cell must be to the seed cell to join its region.
+    """
     from segment_anything.modeling import Sam
 
     grid = img_size // 16
     return Sam(
         image_encoder=ColourTextureEncoder(img_size=img_size),
         prompt_encoder=PassThroughPromptEncoder(img_size=img_size, grid=grid),
-        mask_decoder=RegionGrowingDecoder(img_size=img_size, grid=grid),
+        mask_decoder=RegionGrowingDecoder(
+            img_size=img_size, grid=grid, similarity=similarity, typical=typical
+        ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     ).eval()
@@ -354,3 +369,36 @@ def paint_two_part_object(
     whole = paint_object(image, centre, radius, rim, seed)
     inner = paint_object(image, centre, radius * core_fraction, core, seed + 1)
     return whole, inner
+
+
+def disc_field(
+    size=(4096, 4096),
+    *,
+    spacing: int = 230,
+    seed: int = 0,
+    levels: tuple[float, float, float] = (60, 4, 230),
+    dtype=np.uint8,
+):
+    """Bright discs 12-16 px across on a darker noisy field, one per grid cell, jittered.
+
+    ``levels``: background mean, its noise and the discs' value. Returns the (H, W)
+    image of ``dtype`` and the (H, W) int32 disc label image (1..N).
+    """
+    rng = np.random.default_rng(seed)
+    height, width = size
+    background, noise, bright = levels
+    top = np.iinfo(dtype).max
+    image = np.clip(background + rng.normal(0, noise, size), 0, top).astype(dtype)
+    labels = np.zeros(size, np.int32)
+    count = 0
+    for cy in range(spacing // 2, height - 12, spacing):
+        for cx in range(spacing // 2, width - 12, spacing):
+            y = int(np.clip(cy + rng.integers(-spacing // 4, spacing // 4), 10, height - 11))
+            x = int(np.clip(cx + rng.integers(-spacing // 4, spacing // 4), 10, width - 11))
+            radius = rng.uniform(6.0, 8.0)
+            yy, xx = np.mgrid[y - 9 : y + 10, x - 9 : x + 10]
+            inside = (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+            count += 1
+            image[yy[inside], xx[inside]] = bright
+            labels[yy[inside], xx[inside]] = count
+    return image, labels

@@ -286,3 +286,45 @@ def test_part_aware_prompts_and_negatives_from_the_command_line(data, tmp_path):
     assert code == 0
     assert _report(out)["summary"]["ok"] == 1
     assert (out / "a.png").exists()
+
+
+@pytest.fixture
+def small_discs(tmp_path) -> Path:
+    """A 700 x 700 field of 8-px discs (too small for the whole-image scale), one painted."""
+    root = tmp_path / "discs"
+    root.mkdir()
+    rng = np.random.default_rng(7)
+    image = np.clip(60 + rng.normal(0, 4, (700, 700)), 0, 255).astype(np.uint8)
+    mask = np.zeros((700, 700), np.uint8)
+    yy, xx = np.mgrid[:700, :700]
+    for index, (y, x) in enumerate([(60, 60), (300, 420), (650, 200), (500, 650)]):
+        disc = (yy - y) ** 2 + (xx - x) ** 2 <= 16
+        image[disc] = 230
+        if index == 0:
+            mask[disc] = 1
+    Image.fromarray(image).save(root / "field.png")
+    Image.fromarray(mask).save(root / "mask.png")
+    return root
+
+
+def test_small_objects_are_segmented_in_tiles_and_the_report_says_so(small_discs, tmp_path):
+    refs = ["--reference", str(small_discs / "field.png"), "--mask", str(small_discs / "mask.png")]
+    target = ["--targets", str(small_discs / "field.png")]
+    assert _segment(*refs, *target, "--out", str(tmp_path / "tiled")) == 0
+    (item,) = _report(tmp_path / "tiled")["items"]
+    assert item["tiles"] > 1 and 2.0 < item["pixels_per_cell"] < 6.0
+    assert _report(tmp_path / "tiled")["run"]["encodings"]["total"] == item["tiles"]
+    assert _segment(*refs, *target, "--tiling", "off", "--out", str(tmp_path / "whole")) == 0
+    (item,) = _report(tmp_path / "whole")["items"]
+    assert item["tiles"] == 1 and item["pixels_per_cell"] is None
+
+
+def test_a_plan_beyond_max_tiles_stops_before_anything_is_written(small_discs, tmp_path, capsys):
+    refs = ["--reference", str(small_discs / "field.png"), "--mask", str(small_discs / "mask.png")]
+    out = tmp_path / "out"
+    code = _segment(*refs, "--targets", str(small_discs / "field.png"), "--max-tiles", "2",
+                    "--out", str(out))  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--max-tiles" in err and "--object-cells" in err and "--tiling" in err
+    assert not out.exists()

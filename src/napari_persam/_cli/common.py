@@ -34,6 +34,9 @@ FLAGS = {
     "model": "--model",
     "label_value": "--label-value",
     "negatives": "--negative-mask",
+    "object_cells": "--object-cells",
+    "tiling": "--tiling",
+    "max_tiles": "--max-tiles",
 }
 
 
@@ -136,6 +139,56 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="GB",
         default=4.0,
         help="Size cap of the embedding cache in GB (least recently used entries go first).",
+    )
+
+
+def _tiling(text: str) -> str | int:
+    if text in ("auto", "off"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not auto, off or a tile side in pixels"
+        ) from None
+
+
+def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "small objects in large images",
+        "Learning measures the painted object; when it spans fewer than --object-cells "
+        "feature cells at the whole-image scale, images are encoded in tiles at the scale "
+        "where it does.",
+    )
+    group.add_argument(
+        "--tiling",
+        type=_tiling,
+        default=None,
+        metavar="auto|off|PX",
+        help="auto (default): tile at the learned scale when needed; off: always the whole "
+        "image; PX: tiles of this side in pixels.",
+    )
+    group.add_argument(
+        "--object-cells",
+        type=float,
+        default=None,
+        metavar="N",
+        help="Feature cells the reference object must span across (default 2; lower is "
+        "coarser: fewer tiles).",
+    )
+    group.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="Pixels shared by neighbouring tiles (default: three object diameters).",
+    )
+    group.add_argument(
+        "--max-tiles",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Refuse images that need more tiles than this (default 256).",
     )
 
 
@@ -245,6 +298,9 @@ def build_config(args: argparse.Namespace, base: PerSAMConfig | None = None) -> 
             raise UsageError(f"--max-parts must be 1 or more, got {args.max_parts}.")
         changes["max_parts"] = args.max_parts
         changes["min_parts"] = min(config.min_parts, args.max_parts)
+    for option in ("tiling", "object_cells", "tile_overlap", "max_tiles"):
+        if getattr(args, option, None) is not None:
+            changes[option] = getattr(args, option)
     try:
         return dataclasses.replace(config, **changes)
     except ValueError as error:

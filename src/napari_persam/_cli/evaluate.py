@@ -14,6 +14,7 @@ from napari_persam._cli.common import (
     UsageError,
     add_mask_threshold_argument,
     add_model_arguments,
+    add_tiling_arguments,
     build_config,
     fail,
     load_engine,
@@ -82,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no per-image progress lines")
     add_model_arguments(parser)
+    add_tiling_arguments(parser)
     parser.set_defaults(func=run_evaluate)
 
 

@@ -15,6 +15,7 @@ from napari_persam._cli.common import (
     add_negative_mask_argument,
     add_prompt_arguments,
     add_reference_arguments,
+    add_tiling_arguments,
     build_config,
     fail,
     learn_concept,
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_prompt_arguments(parser)
     add_finetune_arguments(parser)
     add_model_arguments(parser)
+    add_tiling_arguments(parser)
     parser.set_defaults(func=main)
 
 

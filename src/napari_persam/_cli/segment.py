@@ -18,6 +18,7 @@ from napari_persam._cli.common import (
     add_negative_mask_argument,
     add_prompt_arguments,
     add_reference_arguments,
+    add_tiling_arguments,
     build_config,
     engine_spec,
     fail,
@@ -89,6 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_prompt_arguments(parser)
     add_finetune_arguments(parser)
     add_model_arguments(parser)
+    add_tiling_arguments(parser)
     cluster = parser.add_mutually_exclusive_group()
     cluster.add_argument(
         "--workers",
@@ -244,6 +246,10 @@ def _segment(args: argparse.Namespace) -> int:
         }
     if concept_file is not None and engine is not None:
         _check_model(concept_file, model_name, engine.fingerprint, args.concept)
+    encodings = _plan_encodings(targets, concepts, config)
+    run_info["encodings"] = encodings
+    if not args.quiet:
+        print(encodings["summary"], file=sys.stderr)
 
     if not distributed:
         assert engine is not None
@@ -267,6 +273,37 @@ def _segment(args: argparse.Namespace) -> int:
     run_info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report = write_report(args.out, records, run=run_info)
     return _summarize(records, report)
+
+
+def _plan_encodings(targets: list, concepts: dict, config: Any) -> dict[str, Any]:
+    """How many encodings the run takes (tiles per image or slice), refusing too many.
+
+    Every target is planned from its header before any work, so an image that needs
+    more than --max-tiles tiles stops the run before anything is written.
+    """
+    from napari_persam.core.engine.tiles import plans_for
+    from napari_persam.core.errors import InputError
+    from napari_persam.core.io.lazy import target_shape
+
+    total, scales = 0, set()
+    for target in targets:
+        try:
+            shape = target_shape(target)
+        except (InputError, OSError, ValueError):
+            continue  # unreadable: reported as a failed input when its turn comes
+        plane = shape[1:] if target.is_stack else shape
+        depth = shape[0] if target.is_stack else 1
+        try:
+            plans = plans_for(plane, concepts.values(), config=config)
+        except InputError as error:
+            raise usage_error(error, f"{target.path}: ") from error
+        total += sum(len(plan) for plan in plans) * depth
+        scales |= {(p.tile_side, round(p.pixels_per_cell, 2)) for p in plans if p.tiled}
+    how = "; ".join(
+        f"tiles of {side} px ({cell} px per feature cell)" for side, cell in sorted(scales)
+    )
+    summary = f"{len(targets)} input(s): {total} encoding(s)" + (f", {how}" if how else "")
+    return {"total": total, "summary": summary}
 
 
 def _check_model(concept_file: Any, model_name: str, fingerprint: str, source: str) -> None:

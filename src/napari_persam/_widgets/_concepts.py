@@ -70,9 +70,12 @@ class ConceptReady(Progress):
     Attributes
     ----------
     concept : LearnedConcept or None
+    seconds_per_encoding : float or None
+        Median time of the Run's encodings so far (for the widget's time estimate).
     """
 
     concept: LearnedConcept | None = None
+    seconds_per_encoding: float | None = None
 
 
 def learned_concept(

@@ -380,6 +380,43 @@ def min_object_size() -> FloatSpinBox:
     )
 
 
+AUTO_TILING = "auto"
+NO_TILING = "off"
+TILE_SIDE = "tile size"
+TILINGS = (AUTO_TILING, NO_TILING, TILE_SIDE)
+
+
+def tiling() -> ComboBox:
+    return ComboBox(
+        label="tiling",
+        name="tiling",
+        choices=TILINGS,
+        value=AUTO_TILING,
+        tooltip="Small objects in large images: 'auto' learns the scale from your painting "
+        "and works in tiles where the object would be too small for SAM at the whole-image "
+        "scale; 'off' always segments the whole image at once; 'tile size' sets the tile "
+        "side yourself.",
+    )
+
+
+def tile_side() -> SpinBox:
+    return SpinBox(
+        label="tile size (px)",
+        name="tile_side",
+        min=64,
+        max=65536,
+        step=64,
+        value=1024,
+        tooltip="Side of a tile in image pixels (one SAM input, 64 x 64 feature cells).",
+    )
+
+
+def tiling_info() -> Label:
+    label = Label(value="scale: learned at Run", name="tiling_info", label="")
+    label.native.setWordWrap(True)
+    return label
+
+
 def run_button() -> PushButton:
     return PushButton(text="Run", name="run_button")
 

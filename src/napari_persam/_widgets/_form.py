@@ -65,6 +65,7 @@ class PerSAMForm(Container):
         self.last_slice = self.main.add(controls.last_slice())
         self.target_layers = self.main.add(controls.target_layers(self._same_kind_layers))
         self.model = self.main.add(controls.model())
+        self.tiling_info = self.main.add(controls.tiling_info())  # what a Run will cost
 
         # Folded away until asked for. One line per control: create and place it.
         self.advanced = controls.Section("advanced options", name="advanced")
@@ -100,6 +101,9 @@ class PerSAMForm(Container):
         self.min_parts = self.advanced.add(controls.min_parts())
         self.max_parts = self.advanced.add(controls.max_parts())
         self.max_negative_parts = self.advanced.add(controls.max_negative_parts())
+        # Small objects in large images: the scale and the tiles.
+        self.tiling = self.advanced.add(controls.tiling())
+        self.tile_side = self.advanced.add(controls.tile_side())
 
         self.concepts = controls.Section("concept files", name="concepts")
         self.concept_file = self.concepts.add(controls.concept_file())
@@ -132,6 +136,8 @@ class PerSAMForm(Container):
         self.min_parts.changed.connect(self._on_parts_changed)
         self.max_parts.changed.connect(self._on_parts_changed)
         self._on_prompt_mode_changed()
+        self.tiling.changed.connect(self._on_tiling_changed)
+        self._on_tiling_changed()
         self._on_image_changed()
         self._on_model_changed()
         self._on_finetune_changed()
@@ -206,6 +212,14 @@ class PerSAMForm(Container):
             if current in choices:
                 self.device.value = current
 
+    def _on_tiling_changed(self, *_: object) -> None:
+        self.tile_side.visible = self.tiling.value == controls.TILE_SIDE
+
+    def _tiling_choice(self) -> str | int:
+        if self.tiling.value == controls.TILE_SIDE:
+            return int(self.tile_side.value)
+        return str(self.tiling.value)
+
     def _concept_path(self) -> Path | None:
         path = self.concept_file.value
         if not path or str(path) in ("", "."):
@@ -237,6 +251,7 @@ class PerSAMForm(Container):
                 target_guided_attention=self.target_guided_attention.value,
                 semantic_prompt=self.semantic_prompt.value,
                 min_area_fraction=float(self.min_object_size.value) / 100.0,
+                tiling=self._tiling_choice(),
                 finetune_steps=int(self.finetune_steps.value),
                 instance_threshold=(
                     None if self.auto_threshold.value else float(self.instance_threshold.value)

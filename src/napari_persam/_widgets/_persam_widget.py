@@ -40,6 +40,7 @@ from napari_persam._widgets._more_references import (
 )
 from napari_persam._widgets._run_state import RunState
 from napari_persam._widgets._runner import Job, run_job
+from napari_persam._widgets._tiling_info import describe_tiling
 from napari_persam.core.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -174,7 +175,24 @@ class PerSAMWidget(PerSAMForm):
                 self.job = dataclasses.replace(self.job, values=values)
                 if self._run is not None:
                     self._run.set_values(values)
+            self._show_tiling(step)
         self._show(step)
+
+    def _show_tiling(self, step: ConceptReady) -> None:
+        """Say next to Run at what scale the Run works and what it costs."""
+        job = self.job
+        if job is None or not job.targets or step.concept is None:
+            return
+        first = job.targets[0]
+        shape = np.shape(first.source)
+        image_hw = shape[1:3] if first.slice_index is not None else shape[:2]
+        self.tiling_info.value = describe_tiling(
+            image_hw,
+            step.concept.concepts,
+            job.config,
+            images=len(job.targets),
+            seconds_per_encoding=step.seconds_per_encoding,
+        )
 
     def _on_warned(self, warning: tuple) -> None:
         # napari shows the warning as a notification too; the status keeps it in view.

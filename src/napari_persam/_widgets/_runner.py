@@ -266,10 +266,20 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
         checkpoint_sha256=model.checkpoint_sha256,
         config=job.config,
     )
-    yield ConceptReady(0, total, "concept ready", concept=used)
+    timings = sorted(engine.encoding_seconds)
+    yield ConceptReady(
+        0,
+        total,
+        "concept ready",
+        concept=used,
+        seconds_per_encoding=timings[len(timings) // 2] if timings else None,
+    )
     done = 0
     for source, indices in _groups(job.targets):
         for index, result in _segment_group(engine, concept, job, source, indices):
+            if index is None:  # a tile of a large image: the bar counts tiles meanwhile
+                yield Progress(result.done, result.total, f"image {done + 1}: {result.message}")
+                continue
             done += 1
             yield Progress(
                 done,
@@ -321,15 +331,26 @@ def _groups(targets: Sequence[Target]) -> list[tuple[Any, list[int]]]:
 def _segment_group(
     engine: Any, concept: Any, job: Job, source: Any, indices: list[int]
 ) -> Iterator[tuple[int, Any]]:
-    """(index into job.targets, core result) for each target of one group."""
+    """(index into job.targets, core result) for each target of one group.
+
+    A 2D image's tiles come first as (None, Progress) pairs, so the bar moves while a
+    large image is segmented.
+    """
     first = job.targets[indices[0]]
     if first.slice_index is None:
         image = first.read()
         if job.instances:
-            yield indices[0], engine.segment_instances(image, concept)
+            work = engine.iter_segment_instances(image, concept)
         else:
-            yield indices[0], engine.segment(image, concept)
-        return
+            work = engine.iter_segment(image, concept)
+        while True:
+            try:
+                step = next(work)
+            except StopIteration as stop:
+                yield indices[0], stop.value
+                return
+            if step.total > 1:
+                yield None, step
     by_slice = {job.targets[i].slice_index: i for i in indices}
     start = min(job.reference_index or 0, len(source) - 1)
     stack = engine.segment_stack(

@@ -17,6 +17,9 @@ ENCODER_DTYPES = ("float32", "bfloat16", "float16")
 ENCODER_BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 STACK_MODES = ("propagate", "independent")
 PROMPT_MODES = ("part-aware", "persam")
+TILINGS = ("auto", "off")
+#: The smallest tile side: a tile must hold a few feature cells (SAM's grid is 64 x 64).
+MIN_TILE_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,21 @@ class PerSAMConfig:
         Part-aware, every instance: a candidate whose cells are farther than this
         (earth mover's distance) from the reference's is dropped. ``None`` takes it
         from the reference (:attr:`Concept.distance_threshold`).
+    object_cells : float
+        Small objects in large images: the reference object (median equivalent
+        diameter of its painted pieces) must span at least this many feature cells
+        across. When it spans fewer at the whole-image scale, learning and
+        segmenting work on tiles at the scale where it does (see ``tiling``).
+    tiling : "auto", "off" or int
+        ``"auto"``: tile at the concept's learned scale when the image is larger
+        than one tile at that scale; ``"off"``: always the whole image (one
+        encoding, SAM's own geometry); an int: tiles of that side in pixels.
+    tile_overlap : int, optional
+        Pixels shared by neighbouring tiles; ``None``: three object diameters (at
+        least two feature cells), so an object near a tile border lies whole in the
+        next tile.
+    max_tiles : int
+        Refuse a plan with more tiles per image than this (say how to coarsen).
     seed : int
         Seed for anything random (PerSAM-F has no randomness; kept for
         determinism of future steps).
@@ -148,6 +166,10 @@ class PerSAMConfig:
     min_negative_parts: int = 0
     max_negative_parts: int = 1
     instance_max_distance: float | None = None
+    object_cells: float = 2.0
+    tiling: str | int = "auto"
+    tile_overlap: int | None = None
+    max_tiles: int = 256
 
     def __post_init__(self) -> None:
         if self.encoder_dtype not in ENCODER_DTYPES:
@@ -214,6 +236,20 @@ class PerSAMConfig:
             )
         if self.cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {self.cache_size}.")
+        if not self.object_cells > 0:
+            raise ValueError(f"object_cells must be positive, got {self.object_cells}.")
+        if isinstance(self.tiling, bool) or (
+            isinstance(self.tiling, str) and self.tiling not in TILINGS
+        ):
+            raise ValueError(
+                f"tiling must be one of {TILINGS} or a tile side in pixels, got {self.tiling!r}."
+            )
+        if isinstance(self.tiling, int) and self.tiling < MIN_TILE_SIDE:
+            raise ValueError(f"A tile side must be at least {MIN_TILE_SIDE} px, got {self.tiling}.")
+        if self.tile_overlap is not None and self.tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be >= 0 px, got {self.tile_overlap}.")
+        if self.max_tiles < 1:
+            raise ValueError(f"max_tiles must be >= 1, got {self.max_tiles}.")
 
 
 # ------------------------------------------------------------------------ JSON form

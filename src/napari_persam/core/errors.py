@@ -23,6 +23,9 @@ OPTIONS: dict[str, str] = {
     "model": "the model",
     "label_value": "the label value",
     "negatives": "the negatives (learn(..., negatives=...))",
+    "object_cells": "object_cells (PerSAMConfig.object_cells)",
+    "tiling": "tiling (PerSAMConfig.tiling)",
+    "max_tiles": "max_tiles (PerSAMConfig.max_tiles)",
 }
 
 _MARKER = re.compile(r"\{([a-z_]+)\}")

@@ -17,6 +17,7 @@ from napari_persam.core.batch.plan import (
 from napari_persam.core.batch.run import iter_run_local, run_item
 from napari_persam.core.engine.concepts import Concept
 from napari_persam.core.engine.results import Instances, Segmentation
+from napari_persam.core.engine.tiles import plan_tiles
 from napari_persam.core.io.targets import resolve_targets
 from napari_persam.core.progress import Progress, run
 
@@ -35,6 +36,9 @@ def _segmentation(mask: np.ndarray, score: float = 0.5) -> Segmentation:
 
 class FakeEngine:
     """Thresholds the image: enough to check what is read and written where."""
+
+    def plan_tiles(self, shape, concept):
+        return [plan_tiles(shape, pixels_per_cell=None)]  # the whole image, one encoding
 
     def segment(self, image, concept):
         return _segmentation(np.asarray(image) > 100)
@@ -79,6 +83,7 @@ def test_instances_are_written_as_int32_tiff(tmp_path):
     labels = tifffile.imread(tmp_path / "out" / "a.tif")
     assert labels.dtype == np.int32 and labels.max() == 300
     assert record["instances"] == 300 and record["area"] == 9
+    assert record["tiles"] == 1 and record["pixels_per_cell"] is None
     assert record["score"] == pytest.approx(0.7)
 
 

@@ -57,7 +57,8 @@ def test_small_object_uses_best_covered_cell(tiny_sam, scene):
     image, _ = scene
     mask = np.zeros((120, 160), dtype=bool)
     mask[50, 70] = True  # far less than half a cell
-    engine = PerSAM(tiny_sam, device="cpu")
+    # The whole-image scale on purpose (a 1-px painting has no scale to tile at).
+    engine = PerSAM(tiny_sam, device="cpu", config=PerSAMConfig(tiling="off"))
     concept = engine.learn(image, mask)
     cells = concept.shots[0].foreground_cells
     assert cells.sum() >= 1

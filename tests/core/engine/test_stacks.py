@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from napari_persam.core import PerSAM, PerSAMConfig, run
-from napari_persam.core.engine.stacks import enlarged_box, inner_point, slice_order
+from napari_persam.core.engine.stacks import slice_order
+from napari_persam.core.engine.steering import enlarged_box, inner_point
 from tests.synthetic import DISTRACTORS, TARGET, paint_object, plain_background, semantic_sam
 
 UNGUIDED = PerSAMConfig(target_guided_attention=False, semantic_prompt=False)

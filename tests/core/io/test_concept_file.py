@@ -451,3 +451,25 @@ def test_format_1_files_still_load_and_are_prompted_as_persam(engine, rng):
     np.testing.assert_array_equal(seg.mask, persam.mask)
     found = part_aware.segment_instances(image, loaded)
     assert np.isnan(found.distances).all()
+
+
+def test_the_learned_scale_survives_and_old_files_load_as_whole_image(engine, rng, tmp_path):
+    image, mask = _scene(rng)
+    concept = dataclasses.replace(engine.learn(image, mask), pixels_per_cell=7.5)
+    loaded = load_concept(save_concept(concept, tmp_path / "scaled.npz"))
+    assert loaded.pixels_per_cell == 7.5
+    assert loaded.object_diameter == pytest.approx(concept.object_diameter)
+
+    # A file written before the scale existed: no pixels_per_cell, no object_diameter.
+    payload = concepts_to_bytes({1: concept})
+    with np.load(io.BytesIO(payload)) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    metadata = json.loads(arrays["metadata"].tobytes())
+    for entry in metadata["classes"]:
+        entry["fields"].pop("pixels_per_cell")
+        entry["fields"].pop("object_diameter")
+    arrays["metadata"] = np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    old = concept_file_from_bytes(buffer.getvalue()).concepts[1]
+    assert old.pixels_per_cell is None and old.object_diameter == 0.0

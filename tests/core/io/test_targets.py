@@ -8,7 +8,8 @@ import tifffile
 import zarr
 from PIL import Image
 
-from napari_persam.core.io.targets import TargetError, read_slice, resolve_targets
+from napari_persam.core.io.lazy import read_slice
+from napari_persam.core.io.targets import TargetError, resolve_targets
 
 
 def test_resolve_targets_kinds_globs_folders_and_errors(tmp_path):

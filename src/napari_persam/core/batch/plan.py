@@ -28,7 +28,8 @@ from napari_persam.core.batch.report import failure_from
 from napari_persam.core.engine.results import MAX_LABEL_VALUE
 from napari_persam.core.errors import InputError, option
 from napari_persam.core.io.labels import PNG_MAX_LABEL, create_label_stack, label_suffix
-from napari_persam.core.io.targets import Target, stack_shape
+from napari_persam.core.io.lazy import stack_shape
+from napari_persam.core.io.targets import Target
 
 RECORDS_DIR = os.path.join(".napari-persam", "records")
 #: Record status of an output being written (the record comes first, see above).

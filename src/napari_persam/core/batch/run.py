@@ -28,20 +28,23 @@ from napari_persam.core.engine.concepts import Concept, combine_concepts
 from napari_persam.core.engine.prefetch import prefetched
 from napari_persam.core.engine.results import label_image, result_score
 from napari_persam.core.errors import InputError, option
-from napari_persam.core.io.images import read_image
 from napari_persam.core.io.labels import write_json, write_label_slice, write_labels
-from napari_persam.core.io.targets import open_stack, read_slice
+from napari_persam.core.io.lazy import open_image, open_stack
 from napari_persam.core.progress import Progress, ProgressGenerator
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_persam.core.engine.persam import PerSAM
 
 
-def read_input(item: WorkItem) -> np.ndarray:
-    """The image (or stack slice) of one independent item."""
+def read_input(item: WorkItem):
+    """The image (or stack slice) of one independent item.
+
+    An image read in full, or, when it is large, a lazy view the tiled engine reads
+    window by window (an 8192 x 8192 field never needs a full copy beside its tiles).
+    """
     if item.index is None:
-        return read_image(item.target.path)
-    return read_slice(item.target, item.index)
+        return open_image(item.target)
+    return open_stack(item.target)[item.index]
 
 
 def run_item(
@@ -85,10 +88,21 @@ def run_item(
     else:
         write_label_slice(item.output, item.index, labels)
     record = _ok_record(item, result_score(result), int(np.count_nonzero(labels)), start)
+    record.update(_scale_record(engine, concept, np.shape(image)))
     if options.instances:
         record["instances"] = int(labels.max(initial=0))
     write_json(item.record, record)
     return record
+
+
+def _scale_record(engine: PerSAM, concept, shape) -> dict[str, Any]:
+    """The scale an image was segmented at and the encodings it took (for the report)."""
+    plans = engine.plan_tiles(shape, concept)
+    scales = [plan.pixels_per_cell for plan in plans if plan.tiled]
+    return {
+        "pixels_per_cell": min(scales) if scales else None,
+        "tiles": sum(len(plan) for plan in plans),
+    }
 
 
 def _run_stack(
@@ -116,12 +130,14 @@ def _run_stack(
         keep_results=False,  # each slice is written as it comes
     )
     scores, area = [], 0
+    scale = _scale_record(engine, concept, stack.shape[1:])
     for step in work:  # slices arrive outward from the start slice; each is written at once
         labels = label_image(step.result, value=value).astype(dtype, copy=False)
         write_label_slice(item.output, step.index, labels)
         scores.append(result_score(step.result))
         area += int(np.count_nonzero(labels))
     record = _ok_record(item, float(np.mean(scores)) if scores else 0.0, area, start)
+    record.update(scale, tiles=scale["tiles"] * depth)
     write_json(item.record, record)
     return record
 

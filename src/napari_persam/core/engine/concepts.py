@@ -68,8 +68,16 @@ class Concept:
         cells: the scale on which instance candidates and propagated masks are
         judged (see :attr:`similarity_threshold`).
     object_area : float
-        Mean area of the reference objects in pixels (0 if unknown): sets the default
-        spacing of instance candidates.
+        Mean painted area per reference in pixels (0 if unknown).
+    object_diameter : float
+        Median equivalent diameter of the painted pieces in pixels (0 if unknown):
+        sets the default spacing of instance candidates and the tiles' overlap.
+    pixels_per_cell : float or None
+        The scale the concept was learned at, in image pixels per feature cell, when
+        the object was too small for the whole-image scale: images larger than one
+        SAM input at this scale are segmented in tiles. ``None``: the whole image
+        (SAM's own geometry, as for objects big enough; also concept files written
+        before this existed).
     part_cells : (N, C) float32 or None
         Raw features of the reference objects' cells, pooled over the references
         (the cells that made ``target_embedding``): what a result's cells are
@@ -109,6 +117,8 @@ class Concept:
     negative_prototypes: np.ndarray | None = field(default=None, repr=False)
     object_distance: float = 0.0
     background_distance: float = 0.0
+    object_diameter: float = 0.0
+    pixels_per_cell: float | None = None
 
     def __post_init__(self) -> None:
         target = np.asarray(self.target_embedding, dtype=np.float32).reshape(-1)

@@ -121,6 +121,7 @@ def encode_image(
     device: torch.device,
     encoder_dtype: str = "float32",
     encoder: ImageEncoder | None = None,
+    frame_side: int | None = None,
 ) -> ImageEmbedding:
     """Run SAM's image encoder on one prepared image.
 
@@ -137,13 +138,13 @@ def encode_image(
         as float32. Another backend applies its own precision.
     encoder : callable, optional
         Runs instead of ``sam.image_encoder`` (see :data:`ImageEncoder`).
+    frame_side : int, optional
+        Encode ``rgb`` as a tile: SAM's input side stands for this many pixels
+        (see :class:`SamGeometry`); ``None`` is a whole image.
     """
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    geometry = geometry_for(sam, rgb.shape)  # checks the size before paying for encoding
-    img_size = geometry.img_size
-    # SAM's own resize (PIL bilinear on uint8) so features match SamPredictor's.
-    resized = ResizeLongestSide(img_size).apply_image(rgb)
+    # Checks the size before paying for encoding.
+    geometry = geometry_for(sam, rgb.shape, frame_side=frame_side)
+    resized = _resize_like_sam(rgb, geometry)
     pixels = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()[None]
     run = sam.image_encoder if encoder is None else encoder
     with torch.inference_mode():
@@ -162,10 +163,29 @@ def encode_image(
     return ImageEmbedding(features=features, geometry=geometry)
 
 
-def geometry_for(sam: torch.nn.Module, image_shape: tuple[int, ...]) -> SamGeometry:
-    """SAM's geometry for an image of ``image_shape`` ((H, W) or (H, W, C))."""
+def geometry_for(
+    sam: torch.nn.Module, image_shape: tuple[int, ...], *, frame_side: int | None = None
+) -> SamGeometry:
+    """SAM's geometry for an image (or a tile, with ``frame_side``) of ``image_shape``."""
     return SamGeometry(
         original_hw=(int(image_shape[0]), int(image_shape[1])),
         img_size=int(sam.image_encoder.img_size),
         grid_hw=tuple(int(v) for v in sam.prompt_encoder.image_embedding_size),
+        frame_side=frame_side,
     )
+
+
+def _resize_like_sam(rgb: np.ndarray, geometry: SamGeometry) -> np.ndarray:
+    """SAM's own resize (PIL bilinear on uint8) to the geometry's resized shape.
+
+    For a whole image this is exactly ``ResizeLongestSide.apply_image``, so features
+    match ``SamPredictor``'s; a tile is resized the same way to its fixed scale.
+    """
+    from segment_anything.utils.transforms import ResizeLongestSide
+    from torchvision.transforms.functional import resize, to_pil_image
+
+    if geometry.frame_side is None:
+        return ResizeLongestSide(geometry.img_size).apply_image(rgb)
+    if tuple(rgb.shape[:2]) == geometry.resized_hw:
+        return rgb
+    return np.array(resize(to_pil_image(rgb), list(geometry.resized_hw)))

@@ -37,16 +37,26 @@ class SamGeometry:
         Side of SAM's square input (1024 for the published models).
     grid_hw : (int, int)
         Feature grid (64, 64 for the published models).
+    frame_side : int or None
+        The length in image pixels that SAM's input side stands for. ``None`` is
+        SAM's own rule, the image's longest side (a whole image). A tile of a large
+        image sets the tile side, so every tile, a partial one at the image border
+        too, is encoded at the same pixels per feature cell (and padded like SAM pads).
     """
 
     original_hw: tuple[int, int]
     img_size: int = 1024
     grid_hw: tuple[int, int] = (64, 64)
+    frame_side: int | None = None
 
     def __post_init__(self) -> None:
         height, width = self.original_hw
         if height < 1 or width < 1:
             raise ValueError(f"Image of shape {self.original_hw} has no pixels.")
+        if self.frame_side is not None and self.frame_side < max(height, width):
+            raise ValueError(
+                f"frame_side {self.frame_side} is shorter than the image {self.original_hw}."
+            )
         short = min(self.resized_hw)
         if short < self.cell_size:
             raise ValueError(
@@ -58,7 +68,17 @@ class SamGeometry:
     @property
     def resized_hw(self) -> tuple[int, int]:
         """Image shape inside SAM's input, before padding."""
-        return resized_shape(*self.original_hw, self.img_size)
+        if self.frame_side is None:
+            return resized_shape(*self.original_hw, self.img_size)
+        scale = self.img_size / self.frame_side
+        height, width = self.original_hw
+        return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+    @property
+    def pixels_per_cell(self) -> float:
+        """Image pixels per feature cell along the longest side (16 x side / 1024 for SAM)."""
+        frame = self.frame_side if self.frame_side is not None else max(self.original_hw)
+        return frame / self.grid_hw[1]
 
     @property
     def cell_size(self) -> float:

@@ -21,7 +21,16 @@ HIGH_PERCENTILE = 99.5
 _PERCENTILE_SAMPLE = 4_000_000
 
 
-def prepare_image(image: np.ndarray, *, channels: tuple[int, ...] | None = None) -> np.ndarray:
+#: Per-channel (low, high) contrast limits: these map to 0 and 255.
+Limits = tuple[tuple[float, float], ...]
+
+
+def prepare_image(
+    image: np.ndarray,
+    *,
+    channels: tuple[int, ...] | None = None,
+    limits: Limits | None = None,
+) -> np.ndarray:
     """An RGB uint8 copy of a 2D image.
 
     Parameters
@@ -31,6 +40,9 @@ def prepare_image(image: np.ndarray, *, channels: tuple[int, ...] | None = None)
         dropped); other channel counts need ``channels``.
     channels : tuple of int, optional
         One channel index (shown as grey) or three (as R, G, B) of the last axis.
+    limits : tuple of (low, high), optional
+        Contrast limits per selected channel (from :func:`contrast_limits`) instead
+        of this image's own: the tiles of one large image are all scaled alike.
 
     Returns
     -------
@@ -44,31 +56,19 @@ def prepare_image(image: np.ndarray, *, channels: tuple[int, ...] | None = None)
         For a wrong number of dimensions or channels, NaN or infinite pixels, or a
         non-numeric dtype, saying what to do.
     """
-    array = np.asarray(image)
-    if array.dtype.kind not in "biuf":
-        raise ValueError(
-            f"Image dtype {array.dtype} is not numeric; pass an integer, float or boolean array."
-        )
-    if array.ndim == 2:
-        array = array[..., np.newaxis]
-    elif array.ndim != 3:
-        raise ValueError(
-            f"Expected a 2D image (H, W) or (H, W, C), got shape {array.shape}. "
-            "For a stack, pass one slice at a time (e.g. image[z])."
-        )
-    array = _select_channels(array, channels)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise ValueError(
-            f"Image has {bad} NaN or infinite pixel(s); replace them first "
-            "(e.g. numpy.nan_to_num(image)) so the contrast can be computed."
-        )
+    array = _checked(image, channels)
     if array.dtype == np.uint8:
         scaled = array
     elif array.dtype == np.bool_:
         scaled = array.astype(np.uint8) * np.uint8(255)
     else:
-        scaled = np.stack([_scale_to_uint8(array[..., c]) for c in range(array.shape[-1])], axis=-1)
+        if limits is None:
+            limits = _limits_of(array)
+        if len(limits) != array.shape[-1]:
+            raise ValueError(f"{len(limits)} contrast limits for {array.shape[-1]} channel(s).")
+        scaled = np.stack(
+            [_scale(array[..., c], *limits[c]) for c in range(array.shape[-1])], axis=-1
+        )
     if scaled.shape[-1] == 1:
         scaled = np.repeat(scaled, 3, axis=-1)
     return np.ascontiguousarray(scaled)
@@ -134,7 +134,50 @@ def _select_channels(array: np.ndarray, channels: tuple[int, ...] | None) -> np.
     )
 
 
-def _scale_to_uint8(channel: np.ndarray) -> np.ndarray:
+def contrast_limits(image, *, channels: tuple[int, ...] | None = None) -> Limits | None:
+    """The contrast limits :func:`prepare_image` would use for ``image`` as a whole.
+
+    ``image`` may be a lazy array (zarr, dask, a memory-mapped TIFF) of any size:
+    only a strided subsample of about four million pixels is read. ``None`` for
+    uint8 and bool images, which are used as they are.
+    """
+    shape = tuple(int(n) for n in image.shape)
+    step = max(1, int(np.ceil(np.sqrt(shape[0] * shape[1] / _PERCENTILE_SAMPLE))))
+    sample = _checked(np.asarray(image[::step, ::step]), channels)
+    if sample.dtype in (np.uint8, np.bool_):
+        return None
+    return _limits_of(sample)
+
+
+def _checked(image, channels: tuple[int, ...] | None) -> np.ndarray:
+    """``image`` as an (H, W, C) numpy array with the chosen channels, or a clear ValueError."""
+    array = np.asarray(image)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"Image dtype {array.dtype} is not numeric; pass an integer, float or boolean array."
+        )
+    if array.ndim == 2:
+        array = array[..., np.newaxis]
+    elif array.ndim != 3:
+        raise ValueError(
+            f"Expected a 2D image (H, W) or (H, W, C), got shape {array.shape}. "
+            "For a stack, pass one slice at a time (e.g. image[z])."
+        )
+    array = _select_channels(array, channels)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ValueError(
+            f"Image has {bad} NaN or infinite pixel(s); replace them first "
+            "(e.g. numpy.nan_to_num(image)) so the contrast can be computed."
+        )
+    return array
+
+
+def _limits_of(array: np.ndarray) -> Limits:
+    return tuple(_channel_limits(array[..., c]) for c in range(array.shape[-1]))
+
+
+def _channel_limits(channel: np.ndarray) -> tuple[float, float]:
     values = channel.astype(np.float64, copy=False)
     sample = values.ravel()
     if sample.size > _PERCENTILE_SAMPLE:
@@ -144,7 +187,12 @@ def _scale_to_uint8(channel: np.ndarray) -> np.ndarray:
         # Flat (or nearly binary) image: fall back to the full range so a 0/1 or
         # constant image still shows its structure instead of turning black.
         low, high = float(values.min()), float(values.max())
-        if high <= low:
-            return np.zeros(channel.shape, dtype=np.uint8)
+    return float(low), float(high)
+
+
+def _scale(channel: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(channel.shape, dtype=np.uint8)
+    values = channel.astype(np.float64, copy=False)
     scaled = (values - low) * (255.0 / (high - low))
     return np.clip(scaled, 0, 255).round().astype(np.uint8)

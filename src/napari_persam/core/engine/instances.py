@@ -31,19 +31,26 @@ from napari_persam.core.engine.retrieval import InstanceCheck
 def candidate_spacing(concept: Concept, shape: tuple[int, int], spacing: float | None) -> float:
     """Minimum distance between candidates in pixels.
 
-    ``spacing`` if given; otherwise the radius of a disc with the reference object's
-    area (half its equivalent diameter), so two neighbouring objects of that size
-    each get their own candidate.
+    ``spacing`` if given; otherwise the radius of the reference object (half its
+    equivalent diameter), so two neighbouring objects of that size each get their
+    own candidate.
     """
     if spacing is not None:
         return float(spacing)
+    if concept.object_diameter > 0:
+        return max(1.0, concept.object_diameter / 2)
     if concept.object_area > 0:
         return max(1.0, math.sqrt(concept.object_area / math.pi))
     return max(1.0, max(shape) / 32)
 
 
 def candidate_points(
-    similarity: np.ndarray, *, threshold: float, spacing: float, limit: int
+    similarity: np.ndarray,
+    *,
+    threshold: float,
+    spacing: float,
+    limit: int,
+    region: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """Local maxima of the similarity map, strongest first.
 
@@ -56,6 +63,10 @@ def candidate_points(
         At most one candidate within this many pixels.
     limit : int
         At most this many candidates.
+    region : (y0, x0, y1, x1), optional
+        Keep only maxima inside this window (a tile's core); maxima are still found
+        on the whole map, so one near the region's edge is judged with its
+        neighbours outside.
 
     Returns
     -------
@@ -66,12 +77,16 @@ def candidate_points(
         min_distance=max(1, round(spacing)),
         threshold_abs=threshold,
         exclude_border=False,
-        num_peaks=limit,
+        num_peaks=limit if region is None else np.inf,
     )
+    if region is not None and len(peaks):
+        y0, x0, y1, x1 = region
+        inside = (peaks[:, 0] >= y0) & (peaks[:, 0] < y1) & (peaks[:, 1] >= x0) & (peaks[:, 1] < x1)
+        peaks = peaks[inside]
     if len(peaks) == 0:
         return np.zeros((0, 2), dtype=np.float64)
     order = np.argsort(-similarity[peaks[:, 0], peaks[:, 1]], kind="stable")
-    return peaks[order].astype(np.float64)
+    return peaks[order][:limit].astype(np.float64)
 
 
 def find_instances(
@@ -82,6 +97,7 @@ def find_instances(
     class_value: int = 1,
     seeds: Sequence[PromptSet] = (),
     guidance: Guidance | None = None,
+    region: tuple[int, int, int, int] | None = None,
 ) -> Instances:
     """Every instance of ``concept`` in one encoded image.
 
@@ -98,6 +114,8 @@ def find_instances(
         neighbouring slice in a stack), in the given order.
     guidance : Guidance, optional
         Reuse a guidance already computed for this image and concept.
+    region : (y0, x0, y1, x1), optional
+        Take similarity candidates only inside this window (a tile's core).
     """
     cfg = prompter.config
     if guidance is None:
@@ -114,7 +132,7 @@ def find_instances(
     acceptance = concept.background_similarity + (threshold - concept.background_similarity) / 2
     spacing = candidate_spacing(concept, shape, cfg.instance_spacing)
     peaks = candidate_points(
-        similarity, threshold=threshold, spacing=spacing, limit=cfg.max_instances
+        similarity, threshold=threshold, spacing=spacing, limit=cfg.max_instances, region=region
     )
     _, worst = extreme_points(similarity)
     check = InstanceCheck(prompter, embedding, concept, guidance)

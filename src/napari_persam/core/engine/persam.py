@@ -20,6 +20,7 @@ that needs is learned once per concept (:mod:`.learning`, :mod:`.parts`).
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.devices import resolve_device, supports_bfloat16
-from napari_persam.core.engine.concepts import ClassConcepts, Concept, Shot, check_concept
+from napari_persam.core.engine.concepts import ClassConcepts, Concept, check_concept
 from napari_persam.core.engine.embeddings import (
     EmbeddingCache,
     ImageEmbedding,
@@ -39,25 +40,20 @@ from napari_persam.core.engine.embeddings import (
     model_fingerprint,
 )
 from napari_persam.core.engine.finetune import fit_mask_weights
-from napari_persam.core.engine.images import prepare_image, prepare_mask
-from napari_persam.core.engine.instances import find_instances, merge_class_instances
-from napari_persam.core.engine.learning import (
-    check_negatives,
-    concept_from_shots,
-    make_shot,
-    per_reference,
-)
+from napari_persam.core.engine.images import prepare_image
+from napari_persam.core.engine.instances import merge_class_instances
+from napari_persam.core.engine.learning import Learner
 from napari_persam.core.engine.prompting import Prompter
 from napari_persam.core.engine.results import (
-    MAX_LABEL_VALUE,
     Instances,
     LabelSegmentation,
     Segmentation,
     merge_class_segmentations,
 )
-from napari_persam.core.engine.retrieval import segment_object
+from napari_persam.core.engine.segmenter import ImageSegmenter
 from napari_persam.core.engine.stacks import iter_segment_stack
-from napari_persam.core.progress import Progress, ProgressGenerator
+from napari_persam.core.engine.tiles import TilePlan, plans_for
+from napari_persam.core.progress import Progress, ProgressGenerator, run
 
 
 class PerSAM:
@@ -128,33 +124,65 @@ class PerSAM:
         self.image_encoder = image_encoder
         self.encoder_backend = encoder_backend(image_encoder)
         self.prompter = Prompter(sam, self.device, self.config)
+        #: Seconds each of the last encodings took (to say how long a plan will take).
+        self.encoding_seconds: list[float] = []
+        grid = int(sam.prompt_encoder.image_embedding_size[1])
+        self.segmenter = ImageSegmenter(self.prompter, self.embed, self.embed_tile, grid=grid)
+        self._learner = Learner(
+            embed=self.embed,
+            embed_tile=self.embed_tile,
+            config=self.config,
+            fingerprint=self.fingerprint,
+            model_name=self.model_name,
+            grid=grid,
+        )
 
     # ------------------------------------------------------------------ encoding
     def embed(self, image: np.ndarray) -> ImageEmbedding:
         """SAM's embedding of ``image`` ((H, W) or (H, W, C), any dtype), cached."""
         return self._embed_rgb(prepare_image(image, channels=self.config.channels))
 
-    def _embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
+    def embed_tile(self, rgb: np.ndarray, frame_side: int) -> ImageEmbedding:
+        """SAM's embedding of one prepared tile ((h, w, 3) uint8) at a fixed scale, cached.
+
+        ``frame_side``: the tile side in image pixels that SAM's input side stands
+        for, so a partial tile at the border is padded, not stretched.
+        """
+        return self._embed_rgb(rgb, frame_side=int(frame_side))
+
+    def _embed_rgb(self, rgb: np.ndarray, *, frame_side: int | None = None) -> ImageEmbedding:
         # The backend is part of the key: its embeddings differ from torch's in the
         # last digits, and a result must not depend on which backend ran first.
-        key = (
-            self.fingerprint,
-            image_digest(rgb),
-            self.config.encoder_dtype,
-            self.encoder_backend,
-        )
+        key = (self.fingerprint, image_digest(rgb), self.config.encoder_dtype, self.encoder_backend)
+        if frame_side is not None:
+            key = (*key, f"tile of {frame_side} px")  # the same pixels at another scale
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        start = time.perf_counter()
         embedding = encode_image(
             self.sam,
             rgb,
             device=self.device,
             encoder_dtype=self.config.encoder_dtype,
             encoder=self.image_encoder,
+            frame_side=frame_side,
         )
+        self.encoding_seconds = [*self.encoding_seconds[-49:], time.perf_counter() - start]
         self.cache.put(key, embedding)
         return embedding
+
+    def plan_tiles(self, image_shape, concept: Concept | ClassConcepts) -> list[TilePlan]:
+        """The windows a run encodes for an image of ``image_shape`` (one plan per class).
+
+        Each plan's :meth:`~.tiles.TilePlan.windows` are ``(y0, x0, y1, x1)``;
+        ``sum(len(plan) for plan in plans)`` is the number of encodings (plans of the
+        same scale share their encodings through the cache). Raises an
+        :class:`~napari_persam.core.errors.InputError` for a plan beyond
+        ``config.max_tiles``, saying how to coarsen.
+        """
+        members = concept.concepts.values() if isinstance(concept, ClassConcepts) else [concept]
+        return plans_for(tuple(image_shape), members, config=self.config, grid=self.segmenter.grid)
 
     # ------------------------------------------------------------------ learning
     def learn(
@@ -186,30 +214,8 @@ class PerSAM:
             smaller than that, the best-covered cells). Part and background
             prototypes and the negatives are learned too (see :class:`Concept`).
         """
-        if mask is None:
-            pairs = list(image)  # type: ignore[arg-type]
-            if not pairs:
-                raise ValueError("learn() needs at least one (image, mask) pair.")
-        else:
-            pairs = [(image, mask)]
-        marked = per_reference(negatives, len(pairs))
-        # Masks are checked before any image is encoded (seconds each with ViT-B).
-        masks = [prepare_mask(ref_mask, np.shape(ref_image)) for ref_image, ref_mask in pairs]
-        several = len(pairs) > 1
-        checked = [
-            check_negatives(neg, mask, reference=i if several else None)
-            for i, (neg, mask) in enumerate(zip(marked, masks))
-        ]
-        shots = [
-            self._shot(self._reference(ref_image), mask, negatives)
-            for (ref_image, _), mask, negatives in zip(pairs, masks, checked)
-        ]
-        return self._concept_from_shots(shots)
-
-    def _concept_from_shots(self, shots: Sequence[Shot]) -> Concept:
-        return concept_from_shots(
-            shots, config=self.config, fingerprint=self.fingerprint, model_name=self.model_name
-        )
+        pairs = list(image) if mask is None else [(image, mask)]  # type: ignore[arg-type]
+        return self._learner.learn(pairs, negatives=negatives)
 
     def learn_classes(
         self,
@@ -237,75 +243,7 @@ class PerSAM:
             Each image is encoded once for all classes.
         """
         pairs = list(image) if labels is None else [(image, labels)]  # type: ignore[arg-type]
-        if not pairs:
-            raise ValueError("learn_classes() needs at least one (image, labels) pair.")
-        marked = per_reference(negatives, len(pairs))
-        present = sorted({int(v) for _, lab in pairs for v in np.unique(np.asarray(lab)) if v != 0})
-        wanted = present if values is None else [int(v) for v in values]
-        unusable = [v for v in wanted if not 1 <= v <= MAX_LABEL_VALUE]
-        if unusable:
-            # Checked here, not when segmenting: results are int32 label images.
-            raise ValueError(
-                f"Label value(s) {unusable} cannot be learned: label values are 1 to "
-                f"{MAX_LABEL_VALUE} (0 is background; label images are 32-bit)."
-            )
-        missing = [v for v in wanted if v not in present]
-        if not wanted or missing:
-            raise ValueError(
-                f"Label value(s) {missing or wanted} are not painted in the reference "
-                f"(painted values: {present or 'none'}); paint them or choose others."
-            )
-        # Masks are checked before any image is encoded; each reference is then
-        # prepared, hashed and encoded once, and its classes share it.
-        masks = [
-            {
-                value: prepare_mask(np.asarray(lab) == value, np.shape(ref))
-                for value in wanted
-                if (np.asarray(lab) == value).any()
-            }
-            for ref, lab in pairs
-        ]
-        several = len(pairs) > 1
-        checked = [
-            check_negatives(neg, np.isin(np.asarray(lab), wanted), reference=i if several else None)
-            for i, (neg, (_, lab)) in enumerate(zip(marked, pairs))
-        ]
-        references = [self._reference(ref) for ref, _ in pairs]
-        concepts = {}
-        for value in wanted:
-            shots = [
-                self._shot(reference, by_value[value], negative)
-                for reference, by_value, negative in zip(references, masks, checked)
-                if value in by_value
-            ]
-            concepts[value] = self._concept_from_shots(shots)
-        return ClassConcepts(concepts)
-
-    def _reference(self, image: np.ndarray) -> tuple[ImageEmbedding, np.ndarray]:
-        """A reference image's embedding and its features on the CPU (shared by its shots)."""
-        if np.ndim(image) not in (2, 3):
-            raise ValueError(
-                f"Each reference must be an (image, mask) pair of 2D arrays; got an image "
-                f"of shape {np.shape(image)}."
-            )
-        embedding = self.embed(image)
-        return embedding, embedding.features[0].cpu().numpy()
-
-    def _shot(
-        self,
-        reference: tuple[ImageEmbedding, np.ndarray],
-        mask: np.ndarray,
-        negatives: np.ndarray | None = None,
-    ) -> Shot:
-        """One reference object; ``mask`` (H, W) bool, already checked by prepare_mask."""
-        embedding, features = reference
-        return make_shot(
-            embedding,
-            features,
-            mask,
-            coverage=self.config.foreground_coverage,
-            negatives=negatives,
-        )
+        return self._learner.learn_classes(pairs, values, negatives=negatives)
 
     def finetune(self, concept: Concept) -> Concept:
         """PerSAM-F: fit the weights of SAM's three masks to the reference mask(s).
@@ -374,16 +312,21 @@ class PerSAM:
             For ClassConcepts: ``labels`` (H, W) int32 holding the reference's
             values; where two classes claim a pixel the higher score wins.
         """
-        embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
-        if isinstance(concept, ClassConcepts):
-            results = {
-                value: segment_object(
-                    self.prompter, embedding, check_concept(member, self.fingerprint)
-                )
-                for value, member in concept.concepts.items()
-            }
-            return merge_class_segmentations(results, embedding.geometry.original_hw)
-        return segment_object(self.prompter, embedding, check_concept(concept, self.fingerprint))
+        return run(self.iter_segment(image, concept))
+
+    def iter_segment(
+        self, image: np.ndarray, concept: Concept | ClassConcepts
+    ) -> ProgressGenerator[Segmentation | LabelSegmentation]:
+        """:meth:`segment` as a progress generator counting encodings (tiles)."""
+        if not isinstance(concept, ClassConcepts):
+            check_concept(concept, self.fingerprint)
+            return (yield from self.segmenter.iter_object(image, concept))
+        for member in concept.concepts.values():
+            check_concept(member, self.fingerprint)
+        results = {}
+        for value, member in concept.concepts.items():
+            results[value] = yield from self.segmenter.iter_object(image, member)
+        return merge_class_segmentations(results, tuple(np.shape(image)[:2]))
 
     def segment_instances(self, image: np.ndarray, concept: Concept | ClassConcepts) -> Instances:
         """Find every instance of the concept (or of each class) in ``image``.
@@ -406,12 +349,20 @@ class PerSAM:
             object's distance to the reference; objects far from it, or closer to a
             negative prototype, are dropped).
         """
-        embedding = self._embed_rgb(prepare_image(image, channels=self.config.channels))
+        return run(self.iter_segment_instances(image, concept))
+
+    def iter_segment_instances(
+        self, image: np.ndarray, concept: Concept | ClassConcepts
+    ) -> ProgressGenerator[Instances]:
+        """:meth:`segment_instances` as a progress generator counting encodings (tiles)."""
         members = concept.concepts if isinstance(concept, ClassConcepts) else {1: concept}
+        for member in members.values():
+            check_concept(member, self.fingerprint)
         found = {}
         for value, member in members.items():
-            check_concept(member, self.fingerprint)
-            found[value] = find_instances(self.prompter, embedding, member, class_value=value)
+            found[value] = yield from self.segmenter.iter_instances(
+                image, member, class_value=value
+            )
         if not isinstance(concept, ClassConcepts):
             return found[1]
         return merge_class_instances(found, iou_limit=self.config.instance_iou_limit)
@@ -470,8 +421,7 @@ class PerSAM:
         return iter_segment_stack(
             stack,
             concept,
-            embed=self.embed,
-            prompter=self.prompter,
+            segmenter=self.segmenter,
             reference_index=reference_index,
             slices=slices,
             instances=instances,

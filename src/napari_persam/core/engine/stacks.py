@@ -11,28 +11,25 @@ again later. Instances keep their ids from slice to slice by mask overlap.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from napari_persam.core.engine.concepts import ClassConcepts, Concept
-from napari_persam.core.engine.embeddings import ImageEmbedding
-from napari_persam.core.engine.instances import find_instances, merge_class_instances
-from napari_persam.core.engine.postprocess import tight_box
+from napari_persam.core.engine.instances import merge_class_instances
 from napari_persam.core.engine.prefetch import prefetched
-from napari_persam.core.engine.prompting import Prompter, PromptSet, extreme_points
 from napari_persam.core.engine.results import (
     Instances,
     LabelSegmentation,
     Segmentation,
     merge_class_segmentations,
 )
-from napari_persam.core.engine.retrieval import segment_object
-from napari_persam.core.progress import Progress, ProgressGenerator
+from napari_persam.core.engine.segmenter import ImageSegmenter
+from napari_persam.core.progress import Progress, ProgressGenerator, run
 
-#: ``embed(image) -> ImageEmbedding``: encodes (and caches) one (H, W[, C]) slice.
-Embed = Callable[[np.ndarray], ImageEmbedding]
+#: Slices up to this many pixels are read whole in the helper thread while the one
+#: before is encoded; larger ones stay lazy (their tiles read only their windows).
+READ_AHEAD_PIXELS = 4096 * 4096
 
 #: Overlap (IoU) above which two masks of neighbouring slices are the same object.
 MATCH_IOU = 0.2
@@ -57,52 +54,11 @@ def slice_order(indices: Sequence[int], reference: int) -> list[tuple[int, int |
     return pairs
 
 
-def inner_point(mask: np.ndarray) -> np.ndarray:
-    """(y, x) of the mask pixel farthest from its border (inside even for a crescent)."""
-    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    return np.array(np.unravel_index(np.argmax(distance), mask.shape), dtype=np.float64)
-
-
-def enlarged_box(box: np.ndarray, margin: float, shape: tuple[int, int]) -> np.ndarray:
-    """(y0, x0, y1, x1) grown by ``margin`` of its size on each side, inside the image."""
-    y0, x0, y1, x1 = box
-    dy, dx = (y1 - y0 + 1) * margin, (x1 - x0 + 1) * margin
-    return np.array(
-        [
-            max(0.0, y0 - dy),
-            max(0.0, x0 - dx),
-            min(shape[0] - 1.0, y1 + dy),
-            min(shape[1] - 1.0, x1 + dx),
-        ]
-    )
-
-
-def propagation_prompt(
-    previous: np.ndarray, similarity: np.ndarray, *, margin: float, negative: bool
-) -> PromptSet:
-    """Prompts for an object seen in the neighbouring slice.
-
-    Positive points at the inside of the neighbour's mask and at the similarity
-    maximum within its enlarged box, the negative prior point, and the enlarged box.
-    """
-    box = enlarged_box(tight_box(previous), margin, previous.shape)
-    y0, x0, y1, x1 = box.astype(int)
-    window = similarity[y0 : y1 + 1, x0 : x1 + 1]
-    local = np.array(np.unravel_index(np.argmax(window), window.shape), dtype=np.float64)
-    points = [inner_point(previous), local + np.array([y0, x0])]
-    labels = [1, 1]
-    if negative:
-        points.append(extreme_points(similarity)[1])
-        labels.append(0)
-    return PromptSet(points=np.stack(points), labels=np.array(labels), box=box)
-
-
 def iter_segment_stack(
     stack,
     concept: Concept | ClassConcepts,
     *,
-    embed: Embed,
-    prompter: Prompter,
+    segmenter: ImageSegmenter,
     reference_index: int,
     slices: Sequence[int] | None = None,
     instances: bool = False,
@@ -117,10 +73,9 @@ def iter_segment_stack(
         Anything indexable by slice (numpy, dask, zarr); one slice is read at a time.
     concept : Concept or ClassConcepts
         Already checked against the model (see :func:`~.concepts.check_concept`).
-    embed : callable
-        ``embed(slice) -> ImageEmbedding``, e.g. :meth:`PerSAM.embed` (cached).
-    prompter : Prompter
-        Prompts and decodes; its ``config`` holds the stack and instance options.
+    segmenter : ImageSegmenter
+        Segments one slice (whole or in tiles, at the concept's scale); its
+        ``config`` holds the stack and instance options.
     reference_index : int
         The slice the reference was painted on; propagation starts there.
     slices : sequence of int, optional
@@ -129,7 +84,7 @@ def iter_segment_stack(
         Every instance (``Instances`` per slice, ids kept through the stack) instead
         of one object per class.
     mode : {"propagate", "independent"}, optional
-        Default: ``prompter.config.stack_mode``.
+        Default: ``segmenter.config.stack_mode``.
     keep_results : bool
         Return every slice's result at the end. ``False`` (callers that store each
         result as it is yielded) keeps only the neighbours propagation still needs:
@@ -151,7 +106,7 @@ def iter_segment_stack(
     The next slice is read in a helper thread while this one is encoded, so a
     stack on disk is encoded back to back.
     """
-    config = prompter.config
+    config = segmenter.config
     mode = mode or config.stack_mode
     if mode not in ("propagate", "independent"):
         raise ValueError(f"Unknown stack mode {mode!r}; use 'propagate' or 'independent'.")
@@ -173,11 +128,13 @@ def iter_segment_stack(
                 wanted[neighbour] = wanted.get(neighbour, 0) + 1
     neighbours: dict[int, object] = {}
 
-    def read(pair: tuple[int, int | None]) -> np.ndarray:
-        return np.asarray(stack[pair[0]])
+    def read(pair: tuple[int, int | None]):
+        image = stack[pair[0]]
+        if int(np.prod(np.shape(image)[:2])) <= READ_AHEAD_PIXELS:
+            return np.asarray(image)
+        return image  # lazy where the stack is: tiles read only their windows
 
     for done, ((z, neighbour), image) in enumerate(prefetched(order, read), start=1):
-        embedding = embed(image)
         previous = None
         if mode == "propagate" and neighbour is not None:
             previous = neighbours.get(neighbour)
@@ -185,14 +142,14 @@ def iter_segment_stack(
             if wanted[neighbour] == 0:
                 neighbours.pop(neighbour, None)  # no later slice steers from it
         if instances:
-            result = _slice_instances(prompter, embedding, members, previous, tracker, concept)
+            result = _slice_instances(segmenter, image, members, previous, tracker, concept)
         else:
             per_class = {}
             for value, member in members.items():
                 before = _steering_mask(previous, value, member, config.propagation_min_score)
-                per_class[value] = _slice_object(prompter, embedding, member, before)
+                per_class[value] = run(segmenter.iter_object(image, member, previous=before))
             if isinstance(concept, ClassConcepts):
-                result = merge_class_segmentations(per_class, embedding.geometry.original_hw)
+                result = merge_class_segmentations(per_class, image.shape[:2])
             else:
                 result = per_class[1]
         previous = None  # released here, not when the next slice is done
@@ -230,37 +187,18 @@ def _steering_mask(previous, value: int, concept: Concept, min_score: float) -> 
     return mask
 
 
-def _slice_object(
-    prompter: Prompter,
-    embedding: ImageEmbedding,
-    concept: Concept,
-    previous_mask: np.ndarray | None,
-) -> Segmentation:
-    if previous_mask is None:
-        return segment_object(prompter, embedding, concept)
-    guidance = prompter.guidance(embedding, concept)
-    prompt = propagation_prompt(
-        previous_mask,
-        guidance.similarity,
-        margin=prompter.config.propagation_margin,
-        negative=prompter.config.negative_prior,
-    )
-    return prompter.segment(embedding, concept, prompt=prompt, guidance=guidance)
-
-
 def _slice_instances(
-    prompter: Prompter,
-    embedding: ImageEmbedding,
+    segmenter: ImageSegmenter,
+    image: np.ndarray,
     members: dict[int, Concept],
     previous: object,
     tracker: _IdTracker,
     concept: Concept | ClassConcepts,
 ) -> Instances:
-    config = prompter.config
+    config = segmenter.config
     found = {}
     for value, member in members.items():
-        guidance = prompter.guidance(embedding, member)
-        seeds = []
+        followed = []
         if isinstance(previous, Instances):
             for index, object_id in enumerate(previous.ids):
                 if previous.classes[index] != value:
@@ -269,16 +207,9 @@ def _slice_instances(
                     continue
                 mask = previous.labels == object_id
                 if mask.any() and previous.similarity[mask].mean() >= member.similarity_threshold:
-                    seeds.append(
-                        propagation_prompt(
-                            mask,
-                            guidance.similarity,
-                            margin=config.propagation_margin,
-                            negative=config.negative_prior,
-                        )
-                    )
-        found[value] = find_instances(
-            prompter, embedding, member, class_value=value, seeds=seeds, guidance=guidance
+                    followed.append(mask)
+        found[value] = run(
+            segmenter.iter_instances(image, member, previous=followed, class_value=value)
         )
     if isinstance(concept, ClassConcepts):
         merged = merge_class_instances(found, iou_limit=config.instance_iou_limit)

@@ -27,6 +27,8 @@ Format versions (see ``FORMAT_VERSION``):
    ``background_groups``, ``negative_prototypes`` (arrays) and
    ``object_distance``/``background_distance`` (scalars). Version 1 files still
    load: their concepts have none of these and are prompted as PerSAM does.
+   Also the painted object's scale: ``object_diameter`` and ``pixels_per_cell``
+   (absent: a concept of the whole-image scale, as every version-1 concept is).
 """
 
 from __future__ import annotations

@@ -92,6 +92,10 @@ CONCEPT_FIELDS: tuple[FieldRule, ...] = (
     FieldRule("object_similarity", SCALAR, "float", low=-_SIMILARITY, high=_SIMILARITY),
     FieldRule("background_similarity", SCALAR, "float", low=-_SIMILARITY, high=_SIMILARITY),
     FieldRule("object_area", SCALAR, "float", low=0.0),
+    # The painted object's scale (small objects in large images); files without
+    # them are concepts of the whole-image scale.
+    FieldRule("object_diameter", SCALAR, "float", low=0.0),
+    FieldRule("pixels_per_cell", SCALAR, "float", low=1e-3),
     # Part-aware prompting (P²SAM) and the user's negatives: format version 2.
     FieldRule("part_cells", ARRAY, "float32", ("N", "C")),
     FieldRule("part_prototypes", ARRAY, "float32", ("P", "C")),

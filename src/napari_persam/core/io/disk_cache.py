@@ -302,6 +302,11 @@ class DiskEmbeddingCache:
                     original_hw=tuple(int(v) for v in geometry_fields["original_hw"]),
                     img_size=int(geometry_fields["img_size"]),
                     grid_hw=tuple(int(v) for v in geometry_fields["grid_hw"]),
+                    frame_side=(
+                        None
+                        if geometry_fields.get("frame_side") is None
+                        else int(geometry_fields["frame_side"])
+                    ),
                 )
                 if features.ndim != 4 or tuple(features.shape[-2:]) != geometry.grid_hw:
                     problem = f"its features {features.shape} do not fit its geometry"
@@ -352,6 +357,7 @@ def _geometry_fields(geometry: SamGeometry) -> dict[str, Any]:
         "original_hw": list(geometry.original_hw),
         "img_size": geometry.img_size,
         "grid_hw": list(geometry.grid_hw),
+        "frame_side": geometry.frame_side,  # a tile's side in image pixels; None: whole image
     }
 
 

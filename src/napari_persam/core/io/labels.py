@@ -28,7 +28,12 @@ PNG_MAX_LABEL = int(np.iinfo(np.uint16).max)
 
 
 def label_suffix(path: str) -> str:
-    """Suffix of the label file written for an image file (lossless: TIFF or PNG)."""
+    """Suffix of the label file written for an image (lossless: TIFF or PNG).
+
+    A 2D zarr array (possibly huge) gets a TIFF, which has no size limit.
+    """
+    if os.path.isdir(path):
+        return ".tif"
     return _LABEL_SUFFIX.get(Path(path).suffix.lower(), ".png")
 
 

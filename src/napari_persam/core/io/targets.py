@@ -14,13 +14,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from napari_persam.core.errors import InputError
 from napari_persam.core.io.images import IMAGE_SUFFIXES, TIFF_SUFFIXES, stored_layout
-from napari_persam.core.io.layout import Layout, layout_of
+from napari_persam.core.io.layout import layout_of
 
 _GLOB_CHARACTERS = "*?["
 
@@ -37,19 +34,23 @@ class Target:
     ----------
     path : str
         The file or zarr array folder.
-    kind : {"image", "tiff_stack", "zarr_stack"}
-        A 2D image (grey or RGB(A)), or a stack sliced along its first axis.
+    kind : {"image", "zarr_image", "tiff_stack", "zarr_stack"}
+        A 2D image (grey, RGB(A) or more channels) in a file or a zarr array, or a
+        stack sliced along its slice axis.
     name : str
         Base name of its outputs (file name without suffix).
+    axes : str or None
+        Axis letters the data states (OME-Zarr's ``axes``), else ``None``.
     """
 
     path: str
     kind: str
     name: str
+    axes: str | None = None
 
     @property
     def is_stack(self) -> bool:
-        return self.kind != "image"
+        return self.kind.endswith("_stack")
 
 
 # ------------------------------------------------------------------------- finding
@@ -95,6 +96,10 @@ def resolve_targets(specs: Sequence[str]) -> list[Target]:
             found.setdefault(os.path.abspath(spec), target)
             continue
         if os.path.isdir(spec):
+            ome = _ome_zarr_target(spec)
+            if ome is not None:
+                found.setdefault(os.path.abspath(ome.path), ome)
+                continue
             if _zarr_node_type(spec) == "group":
                 arrays = ", ".join(sorted(_zarr_children(spec))) or "none"
                 raise TargetError(
@@ -126,8 +131,8 @@ def _target_or_none(path: str) -> Target | None:
     stem = Path(path.rstrip("/\\")).name
     if os.path.isdir(path):
         if _zarr_node_type(path) == "array":
-            return Target(path=path, kind="zarr_stack", name=_strip_suffix(stem, ".zarr"))
-        return None
+            return _zarr_target(path, _strip_suffix(stem, ".zarr"), axes=None)
+        return _ome_zarr_target(path)
     suffix = Path(path).suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         return None
@@ -146,6 +151,51 @@ def _is_stack(path: str) -> bool:
         return stored_layout(path).is_stack
     except InputError:  # unreadable or unusable: reported when it is read, as a failed input
         return False
+
+
+def _zarr_target(path: str, name: str, *, axes: str | None) -> Target | None:
+    try:
+        import zarr
+
+        shape = zarr.open_array(path, mode="r").shape
+        layout = layout_of(shape, axes, name=name)
+    except Exception:  # unreadable or not an image: not a target
+        return None
+    return Target(path=path, kind="zarr_stack" if layout.is_stack else "zarr_image", name=name,
+                  axes=axes)  # fmt: skip
+
+
+def _ome_zarr_target(path: str) -> Target | None:
+    """The full-resolution array of an OME-Zarr image group, with its axis names."""
+    attributes = _zarr_attributes(path)
+    multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get("multiscales")
+    if not isinstance(multiscales, list) or not multiscales:
+        return None
+    first = multiscales[0]
+    datasets = first.get("datasets") or []
+    if not datasets or "path" not in datasets[0]:
+        return None
+    axes = "".join(
+        (axis["name"] if isinstance(axis, dict) else str(axis))[:1].upper()
+        for axis in first.get("axes", [])
+    )
+    stem = _strip_suffix(Path(path.rstrip("/\\")).name, ".zarr")
+    array = os.path.join(path, str(datasets[0]["path"]))
+    return _zarr_target(array, stem, axes=axes or None)
+
+
+def _zarr_attributes(path: str) -> dict:
+    for name, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            try:
+                with open(file, encoding="utf-8") as stream:
+                    content = json.load(stream)
+            except (OSError, ValueError):
+                return {}
+            content = content.get(key, {}) if key else content
+            return content if isinstance(content, dict) else {}
+    return {}
 
 
 def _zarr_node_type(path: str) -> str | None:
@@ -169,72 +219,3 @@ def _zarr_children(path: str) -> list[str]:
         for child in os.listdir(path)
         if _zarr_node_type(os.path.join(path, child)) in ("array", "group")
     ]
-
-
-# ------------------------------------------------------------------------- reading
-class StackView:
-    """A stack on disk in the standard (Z, Y, X[, C]) form, read one slice at a time.
-
-    ``view[z]`` reads slice ``z`` only and returns it as a numpy (Y, X[, C]) array;
-    ``shape`` and ``len`` come from the file's header.
-
-    Parameters
-    ----------
-    array : array-like
-        The stored array (a zarr array; slicing it reads only what is asked).
-    layout : Layout
-        Its layout (see :mod:`.layout`).
-    """
-
-    def __init__(self, array: Any, layout: Layout) -> None:
-        self.array = array
-        self.layout = layout
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.layout.shape
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self.layout.depth
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        depth = len(self)
-        if not -depth <= int(index) < depth:
-            raise IndexError(f"slice {index} is outside the stack's {depth} slices")
-        where = [slice(None)] * len(self.layout.stored_shape)
-        where[self.layout.z_axis] = int(index) % depth
-        return self.layout.standardise_slice(np.asarray(self.array[tuple(where)]))
-
-
-def open_stack(target: Target) -> StackView:
-    """A lazily read (Z, Y, X[, C]) view of a stack target."""
-    import zarr
-
-    if target.kind == "zarr_stack":
-        array = zarr.open_array(target.path, mode="r")
-        return StackView(array, layout_of(array.shape, name=target.name))
-    if target.kind == "tiff_stack":
-        import tifffile
-
-        with tifffile.TiffFile(target.path) as tiff:
-            series = tiff.series[0]
-            layout = layout_of(series.shape, str(series.axes), name=Path(target.path).name)
-            store = series.aszarr()
-        return StackView(zarr.open(store, mode="r"), layout)
-    raise ValueError(f"{target.path!r} is not a stack.")
-
-
-def stack_shape(target: Target) -> tuple[int, ...]:
-    """Standard shape (Z, Y, X[, C]) of a stack target without reading its pixels."""
-    if target.kind == "tiff_stack":
-        return stored_layout(target.path).shape
-    return open_stack(target).shape
-
-
-def read_slice(target: Target, index: int) -> np.ndarray:
-    """Slice ``index`` of a stack target, (Y, X) or (Y, X, C); only that slice is read."""
-    return open_stack(target)[index]
