@@ -211,24 +211,13 @@ class RegionGrowingDecoder(torch.nn.Module):
         dense_prompt_embeddings,
         multimask_output,
     ):
-        from scipy import ndimage
-
         features = torch.nn.functional.normalize(image_embeddings[0], dim=0)  # (C, g, g)
         scale = self.grid / self.img_size
         masks = []
         for tokens in sparse_prompt_embeddings:
             labels = tokens[:, 2].round().long()
             cells = (tokens[:, :2] * scale).long().clamp(0, self.grid - 1)  # (x, y)
-            region = np.zeros((self.grid, self.grid), dtype=bool)
-            positive = cells[labels == 1]
-            if len(positive):
-                x, y = positive[0].tolist()
-                if self.typical:
-                    x, y = self._typical_cell(features, x, y)
-                alike = torch.einsum("c,chw->hw", features[:, y, x], features) > self.similarity
-                components, _ = ndimage.label(alike.numpy())
-                if components[y, x]:
-                    region = components == components[y, x]
+            region = self._grown(features, cells, labels)
             corners = cells[(labels == 2) | (labels == 3)]
             if len(corners) == 2:
                 (x0, y0), (x1, y1) = corners.tolist()
@@ -240,6 +229,22 @@ class RegionGrowingDecoder(torch.nn.Module):
         count = 3 if multimask_output else 1
         stacked = torch.stack(masks)[:, None].expand(-1, count, -1, -1).contiguous()
         return stacked, torch.full((len(masks), count), 0.9)
+
+    def _grown(self, features: torch.Tensor, cells: torch.Tensor, labels: torch.Tensor):
+        """(g, g) bool: the region grown from the first positive point."""
+        from scipy import ndimage
+
+        region = np.zeros((self.grid, self.grid), dtype=bool)
+        positive = cells[labels == 1]
+        if len(positive):
+            x, y = positive[0].tolist()
+            if self.typical:
+                x, y = self._typical_cell(features, x, y)
+            alike = torch.einsum("c,chw->hw", features[:, y, x], features) > self.similarity
+            components, _ = ndimage.label(alike.numpy())
+            if components[y, x]:
+                region = components == components[y, x]
+        return region
 
 
 def semantic_sam(*, img_size: int = 1024, typical: bool = True, similarity: float = 0.9):
@@ -304,38 +309,15 @@ class PartsRegionGrowingDecoder(RegionGrowingDecoder):
             return np.zeros((self.grid, self.grid), dtype=bool)
         return components == components[y, x]
 
-    def forward(
-        self,
-        image_embeddings,
-        image_pe,
-        sparse_prompt_embeddings,
-        dense_prompt_embeddings,
-        multimask_output,
-    ):
-        features = torch.nn.functional.normalize(image_embeddings[0], dim=0)
-        scale = self.grid / self.img_size
-        masks = []
-        for tokens in sparse_prompt_embeddings:
-            labels = tokens[:, 2].round().long()
-            cells = (tokens[:, :2] * scale).long().clamp(0, self.grid - 1)  # (x, y)
-            region = np.zeros((self.grid, self.grid), dtype=bool)
-            for cell in cells[labels == 1].tolist():
-                region |= self._region(features, cell)
-            for x, y in cells[labels == 0].tolist():
-                if region[y, x]:
-                    region &= ~self._region(features, (x, y))
-                    region[y, x] = False
-            corners = cells[(labels == 2) | (labels == 3)]
-            if len(corners) == 2:
-                (x0, y0), (x1, y1) = corners.tolist()
-                inside = np.zeros_like(region)
-                inside[y0 : y1 + 1, x0 : x1 + 1] = True
-                region &= inside
-            low = np.kron(region, np.ones((4, 4), dtype=bool))
-            masks.append(torch.from_numpy(np.where(low, 10.0, -10.0)).float())
-        count = 3 if multimask_output else 1
-        stacked = torch.stack(masks)[:, None].expand(-1, count, -1, -1).contiguous()
-        return stacked, torch.full((len(masks), count), 0.9)
+    def _grown(self, features: torch.Tensor, cells: torch.Tensor, labels: torch.Tensor):
+        region = np.zeros((self.grid, self.grid), dtype=bool)
+        for cell in cells[labels == 1].tolist():
+            region |= self._region(features, cell)
+        for x, y in cells[labels == 0].tolist():
+            if region[y, x]:
+                region &= ~self._region(features, (x, y))
+                region[y, x] = False
+        return region
 
 
 def parts_sam(*, img_size: int = 1024):

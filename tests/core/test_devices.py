@@ -61,7 +61,8 @@ def faults_of_large_temporaries():
 plain = faults_of_large_temporaries()
 devices.keep_freed_memory()
 faults_of_large_temporaries()  # the heap grows once
-print(plain, faults_of_large_temporaries())
+# The least of three: on a loaded machine the kernel may take a page back now and then.
+print(plain, min(faults_of_large_temporaries() for _ in range(3)))
 """
 
 

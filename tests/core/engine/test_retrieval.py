@@ -364,13 +364,15 @@ def test_fewer_reference_cells_than_parts_skips_those_counts(tiny_sam, scene):
     image, _ = scene
     mask = np.zeros(image.shape[:2], dtype=bool)
     mask[50:53, 70:73] = True  # inside a single feature cell
-    engine = PerSAM(tiny_sam, config=PART_AWARE, device="cpu")
+    # At the whole-image scale (tiling would learn a finer one, where it spans cells).
+    whole = dataclasses.replace(PART_AWARE, tiling="off")
+    engine = PerSAM(tiny_sam, config=whole, device="cpu")
     concept = engine.learn(image, mask)
     assert len(concept.part_cells) == 1 and len(concept.part_groups) == 0
     seg = engine.segment(image, concept)
     assert {parts for parts, _ in seg.retrieval_distances} == {1}
     # Nothing left to try at all: PerSAM's prompts still apply.
-    only_many = dataclasses.replace(PART_AWARE, min_parts=2)
+    only_many = dataclasses.replace(whole, min_parts=2)
     seg = PerSAM(tiny_sam, config=only_many, device="cpu", cache=engine.cache).segment(
         image, concept
     )
