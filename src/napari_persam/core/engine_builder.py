@@ -228,6 +228,11 @@ def iter_load(
     ``factory`` replaces the registry's loader (tests, the user's own SAM variant);
     then a model without a checkpoint file has no known hash.
     """
+    from napari_persam.core.models.llvm_clash import keep_triton_out_beside_system_llvm
+
+    # Before torchvision is imported: in napari's process (Mesa's OpenGL) importing
+    # triton, which torchvision's import probes for, would crash it.
+    keep_triton_out_beside_system_llvm()
     from napari_persam.core.models.checkpoints import iter_model_sha256
     from napari_persam.core.models.loading import iter_load_model
 

@@ -31,6 +31,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from napari_persam.core.models.llvm_clash import keep_triton_out_beside_system_llvm
 from napari_persam.core.paths import encoders_dir
 from napari_persam.core.progress import Progress
 
@@ -185,6 +186,7 @@ def _export_onnx(encoder: torch.nn.Module, *, img_size: int, path: Path) -> None
     example = torch.zeros(1, 3, int(img_size), int(img_size))
     chatter = io.StringIO()  # the exporter prints its steps; a failure quotes them
     try:
+        keep_triton_out_beside_system_llvm()  # napari's OpenGL: triton would crash it
         with torch.no_grad(), contextlib.redirect_stdout(chatter):
             torch.onnx.export(
                 encoder,
