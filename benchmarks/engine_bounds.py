@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from napari_persam.core import PerSAMConfig
-from napari_persam.core.engine_builder import EngineSpec, build_engine
+from napari_persam.core.engine_builder import EngineSpec, build_engine, iter_load
+from napari_persam.core.progress import run
 
 
 def cpu_gemm_rate(size: int = 1024, repeats: int = 5) -> float:
@@ -164,10 +165,19 @@ def bench_finetune(rounds: int) -> dict:
     return {key: statistics.median(item[key] for item in laps) for key in ("wall", "cpu")}
 
 
+def _random_weights(name, *, checkpoint, device):
+    """A model factory: the registry's architecture with random weights (no download)."""
+    from napari_persam.core.models import build_model
+
+    yield from ()
+    return build_model(name, checkpoint=None, device=device or "cpu")
+
+
 def bench_stack(model: str, slices: int, backend: str) -> dict:
     config = PerSAMConfig(encoder_backend=backend)
     spec = EngineSpec(model=model, device="cpu", disk_cache=False, config=config)
-    engine = build_engine(spec)
+    # Random weights: no checkpoint can be downloaded here, and the compute is the same.
+    engine = run(iter_load(spec, factory=_random_weights)).engine(spec)
     rng = np.random.default_rng(2)
     stack = np.stack(
         [scene((512, 512), 12, seed=int(rng.integers(1 << 30)))[0] for _ in range(slices)]

@@ -104,7 +104,7 @@ class PerSAMConfig:
         (earth mover's distance); every-instance candidates far from the reference
         or closer to a negative prototype are dropped. ``"persam"``: PerSAM's one
         positive and one negative point, exactly as before (the default: part-aware
-        prompting runs one cascade per pair tried, over half a ViT-B encoding on a CPU
+        prompting runs one cascade per pair tried, over a third of a ViT-B encoding on a CPU
         with the default ten pairs; see BENCHMARKS.md). User negatives (painted "not
         this") apply in both modes.
     min_parts, max_parts : int

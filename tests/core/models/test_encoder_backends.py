@@ -236,6 +236,28 @@ def test_engine_embeddings_match_and_are_cached_per_backend(exported, tiny_sam, 
     assert torch.equal(direct.features, a)
 
 
+def test_a_runtime_that_fails_on_an_image_hands_over_to_torch(tiny_sam, rng):
+    class Failing:
+        backend = "openvino"
+        calls = 0
+
+        def __call__(self, pixels):
+            Failing.calls += 1
+            raise RuntimeError("out of memory in the plugin")
+
+    image = rng.integers(0, 255, (120, 90, 3), dtype=np.uint8)
+    engine = PerSAM(tiny_sam, device="cpu", image_encoder=Failing())
+    with pytest.warns(RuntimeWarning, match="openvino failed on an image .*out of memory"):
+        first = engine.embed(image)
+    expected = PerSAM(tiny_sam, device="cpu").embed(image)
+    assert torch.equal(first.features, expected.features)
+    assert engine.encoder_backend == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning: the next images go to torch directly
+        engine.embed(np.flipud(image).copy())
+    assert Failing.calls == 1
+
+
 def test_mobile_sam_encoder_exports_too(tmp_path):
     pytest.importorskip("openvino")
     from napari_persam.core.models.mobile_sam import build_mobile_sam

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -160,14 +161,28 @@ class PerSAM:
         if cached is not None:
             return cached
         start = time.perf_counter()
-        embedding = encode_image(
-            self.sam,
-            rgb,
-            device=self.device,
-            encoder_dtype=self.config.encoder_dtype,
-            encoder=self.image_encoder,
-            frame_side=frame_side,
-        )
+        try:
+            embedding = encode_image(
+                self.sam,
+                rgb,
+                device=self.device,
+                encoder_dtype=self.config.encoder_dtype,
+                encoder=self.image_encoder,
+                frame_side=frame_side,
+            )
+        except Exception as error:
+            if self.image_encoder is None:
+                raise
+            # A runtime that loaded but fails on an image (memory, a driver) never stops
+            # a run: PyTorch's own encoder takes over, for this engine's remaining images.
+            warnings.warn(
+                f"The image encoder runs on PyTorch instead: {self.encoder_backend} failed on "
+                f"an image ({type(error).__name__}: {error}).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.image_encoder, self.encoder_backend = None, "torch"
+            return self._embed_rgb(rgb, frame_side=frame_side)
         self.encoding_seconds = [*self.encoding_seconds[-49:], time.perf_counter() - start]
         self.cache.put(key, embedding)
         return embedding
