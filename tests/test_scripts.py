@@ -112,3 +112,25 @@ def test_test_sh_checks_the_system_before_the_tests_and_ci_uses_it():
     assert "set -euo pipefail" in test_sh  # a failed check stops before the tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert "bash scripts/test.sh" in ci
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="needs xvfb-run")
+def test_the_demo_opens_napari_with_the_widget_without_a_screen(tmp_path):
+    # What `bash scripts/demo.sh` runs on a machine without a screen (after the setup).
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "QT_QPA_PLATFORM")}
+    done = subprocess.run(
+        ["xvfb-run", "-a", sys.executable, str(ROOT / "scripts" / "demo.py"), "--headless"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "with the PerSAM widget on 'coins'" in done.stdout
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    demo = (ROOT / "scripts" / "demo.sh").read_text()
+    assert "system_packages.sh" in demo and "--headless" in demo

@@ -412,7 +412,7 @@ def tile_side() -> SpinBox:
 
 
 def tiling_info() -> Label:
-    label = Label(value="scale: learned at Run", name="tiling_info", label="")
+    label = Label(value="learned from the painting at Run", name="tiling_info", label="scale")
     label.native.setWordWrap(True)
     return label
 
