@@ -184,3 +184,30 @@ def test_a_propagated_tiled_stack_keeps_instance_ids():
     assert first.count >= 0.8 * labels.max()
     kept = set(first.ids.tolist()) & set(last.ids.tolist())
     assert len(kept) >= 0.8 * first.count
+
+
+def test_part_aware_prompts_and_negatives_work_at_the_learned_scale():
+    image, labels = disc_field((900, 900), spacing=150, seed=5)
+    engine = _engine(prompt_mode="part-aware", max_parts=2, max_negative_parts=1)
+    painted = labels == 1
+    (plan,) = engine.plan_tiles(image.shape, engine.learn(image, painted))
+    assert plan.tiled
+    # "Not this": a patch of background in the core of a tile that does not hold the object.
+    ys, xs = np.nonzero(painted)
+    negatives = np.zeros(image.shape, bool)
+    for y0, x0, y1, x1 in plan.cores():
+        holds_object = y0 <= ys.mean() < y1 and x0 <= xs.mean() < x1
+        cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+        box = (slice(cy - 20, cy + 20), slice(cx - 20, cx + 20))
+        if not holds_object and not labels[box].any():
+            negatives[box] = True
+            break
+    assert negatives.any()
+    concept = engine.learn(image, painted, negatives=negatives)
+    assert concept.pixels_per_cell is not None and concept.part_cells is not None
+    assert concept.negative_prototypes is not None and len(concept.negative_prototypes) == 1
+    seg = engine.segment(image, concept)
+    assert seg.parts is not None and seg.retrieval_distances  # chosen as part-aware does
+    assert seg.mask.shape == image.shape and seg.found
+    assert (labels[seg.mask] > 0).mean() > 0.5  # on a disc
+    assert not (seg.mask & negatives).any()
