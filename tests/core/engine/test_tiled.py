@@ -211,3 +211,12 @@ def test_part_aware_prompts_and_negatives_work_at_the_learned_scale():
     assert seg.mask.shape == image.shape and seg.found
     assert (labels[seg.mask] > 0).mean() > 0.5  # on a disc
     assert not (seg.mask & negatives).any()
+
+
+def test_every_instance_at_the_learned_scale_keeps_its_distance_to_the_reference():
+    image, labels = disc_field((900, 900), spacing=150, seed=5)
+    engine = _engine(prompt_mode="part-aware", max_parts=2)
+    concept = engine.learn(image, labels == 1)
+    found = engine.segment_instances(image, concept)
+    assert len(found.ids) > 1 and len(found.distances) == len(found.ids)
+    assert np.isfinite(found.distances).all()  # each object was judged against the reference

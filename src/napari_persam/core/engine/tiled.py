@@ -275,6 +275,7 @@ def iter_instances_tiled(
                 interior,
                 score=float(found.scores[position]),
                 point=found.points[position] + np.array([y0, x0], np.float64),
+                distance=float(found.distances[position]),
             )
         yield Progress(tile.index + 1, total, f"tile {tile.index + 1} of {total}")
     return merged.instances(stitcher.result(), class_value)
@@ -294,6 +295,7 @@ class _MergedInstances:
         self.iou_limit = iou_limit
         self.scores: list[float] = []
         self.points: list[np.ndarray] = []
+        self.distances: list[float] = []  # to the reference (part-aware; NaN otherwise)
         self.areas: list[int] = [0]
         self.cut: list[bool] = [False]  # whether an object touches a tile's inner edge
 
@@ -305,6 +307,7 @@ class _MergedInstances:
         *,
         score: float,
         point: np.ndarray,
+        distance: float = float("nan"),
     ) -> None:
         """Merge one tile's object (``mask`` in window pixels) into the image's labels."""
         y0, x0, y1, x1 = window
@@ -332,6 +335,7 @@ class _MergedInstances:
                 region[gained] = target
                 self.areas[target] += int(gained.sum())
                 self.scores[target - 1] = max(self.scores[target - 1], score)
+                self.distances[target - 1] = float(np.fmin(self.distances[target - 1], distance))
                 self.cut[target] = self.cut[target] and cut
                 return
         unclaimed = mask & (region == 0)  # stronger objects keep contested pixels
@@ -341,6 +345,7 @@ class _MergedInstances:
         region[unclaimed] = value
         self.scores.append(score)
         self.points.append(point)
+        self.distances.append(distance)
         self.areas.append(int(unclaimed.sum()))
         self.cut.append(cut)
 
@@ -360,6 +365,7 @@ class _MergedInstances:
             similarity=similarity,
             classes=np.full(count, class_value, np.int32),
             points=np.asarray(self.points, np.float64).reshape(-1, 2),
+            distances=np.asarray(self.distances, np.float32),
         )
 
 
