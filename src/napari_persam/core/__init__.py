@@ -28,7 +28,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from napari_persam.core.config import PerSAMConfig
+from napari_persam.core.models.llvm_clash import keep_triton_out_beside_system_llvm
 from napari_persam.core.progress import Progress, run
+
+# Inside napari on a machine with Mesa's OpenGL, importing triton (which torchvision's
+# import probes for) would crash the process; see llvm_clash. Checked again before a
+# model loads (engine_builder.iter_load), for a canvas opened after this import.
+keep_triton_out_beside_system_llvm()
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_persam.core.engine.concepts import ClassConcepts, Concept

@@ -56,6 +56,21 @@ def test_a_model_loads_and_exports_in_a_process_holding_the_system_llvm(tmp_path
     assert list(tmp_path.glob("encoders/*/*/encoder.onnx")), "no ONNX export was made"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="no triton installed")
+@pytest.mark.skipif(_system_llvm() is None, reason="no system libLLVM (Mesa) on this machine")
+def test_importing_the_library_after_the_canvas_is_safe_too():
+    # The napari console: the canvas (and its LLVM) first, then our library and a model.
+    script = (
+        "import ctypes, sys; ctypes.CDLL(sys.argv[1], mode=ctypes.RTLD_GLOBAL)\n"
+        "from napari_persam.core.models import build_tiny_sam\n"
+        "build_tiny_sam(seed=0, img_size=256); print('built')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, _system_llvm()], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "built" in done.stdout, (done.returncode, done.stderr[-2000:])
+
+
 def test_the_system_llvm_is_seen_in_the_memory_map(tmp_path):
     maps = tmp_path / "maps"
     maps.write_text("7f0 r-xp 00 08:01 1 /usr/lib/x86_64-linux-gnu/libLLVM-15.so.1\n")
