@@ -258,6 +258,21 @@ def test_a_runtime_that_fails_on_an_image_hands_over_to_torch(tiny_sam, rng):
     assert Failing.calls == 1
 
 
+def test_an_image_sam_cannot_take_is_not_blamed_on_the_runtime(tiny_sam):
+    class Unused:
+        backend = "openvino"
+
+        def __call__(self, pixels):
+            raise AssertionError("never reached")
+
+    engine = PerSAM(tiny_sam, device="cpu", image_encoder=Unused())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "runs on PyTorch instead"
+        with pytest.raises(ValueError):
+            engine.embed(np.zeros((1, 5000, 3), np.uint8))  # too thin for SAM's input
+    assert engine.encoder_backend == "openvino"
+
+
 def test_mobile_sam_encoder_exports_too(tmp_path):
     pytest.importorskip("openvino")
     from napari_persam.core.models.mobile_sam import build_mobile_sam

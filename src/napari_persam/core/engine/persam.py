@@ -37,6 +37,7 @@ from napari_persam.core.engine.embeddings import (
     ImageEncoder,
     encode_image,
     encoder_backend,
+    geometry_for,
     image_digest,
     model_fingerprint,
 )
@@ -161,6 +162,7 @@ class PerSAM:
         if cached is not None:
             return cached
         start = time.perf_counter()
+        geometry_for(self.sam, rgb.shape, frame_side=frame_side)  # bad input: its own message
         try:
             embedding = encode_image(
                 self.sam,

@@ -15,9 +15,22 @@ from napari_persam.core.engine.prompting import PromptSet, extreme_points
 
 
 def inner_point(mask: np.ndarray) -> np.ndarray:
-    """(y, x) of the mask pixel farthest from its border (inside even for a crescent)."""
-    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    return np.array(np.unravel_index(np.argmax(distance), mask.shape), dtype=np.float64)
+    """(y, x) of the mask pixel farthest from its border (inside even for a crescent).
+
+    The distance transform runs on the mask's bounding box only, padded by one
+    background pixel: no background beyond that ring can be nearer to a pixel
+    inside (the way there crosses the ring), so the point is the one a full-image
+    transform gives, for a small object in an 8192 px slice in microseconds.
+    """
+    rows = np.flatnonzero(np.any(mask, axis=1))
+    if rows.size == 0:
+        return np.zeros(2, dtype=np.float64)
+    cols = np.flatnonzero(np.any(mask, axis=0))
+    y0, x0 = rows[0], cols[0]
+    box = np.asarray(mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1])
+    distance = ndimage.distance_transform_edt(np.pad(box, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(np.argmax(distance), box.shape)
+    return np.array([y0 + y, x0 + x], dtype=np.float64)
 
 
 def enlarged_box(box: np.ndarray, margin: float, shape: tuple[int, int]) -> np.ndarray:
