@@ -95,3 +95,15 @@ def test_a_plain_zarr_group_still_asks_for_an_array(tmp_path):
     group.create_array("raw", data=np.zeros((2, 8, 9), np.uint8))
     with pytest.raises(TargetError, match="zarr group"):
         resolve_targets([str(tmp_path / "g.zarr")])
+
+
+def test_a_pyramidal_tiff_is_read_at_its_full_resolution(tmp_path):
+    image = np.arange(600 * 500, dtype=np.uint16).reshape(600, 500)
+    path = tmp_path / "pyramid.tif"
+    with tifffile.TiffWriter(path) as tiff:
+        tiff.write(image, tile=(128, 128), subifds=1)
+        tiff.write(image[::2, ::2], tile=(128, 128), subfiletype=1)
+    (target,) = resolve_targets([str(path)])
+    opened = open_image(target, lazy_pixels=1000)  # lazy, window by window
+    assert isinstance(opened, SliceView) and opened.shape == (600, 500)
+    np.testing.assert_array_equal(opened[100:140, 20:90], image[100:140, 20:90])

@@ -213,7 +213,12 @@ class DiskEmbeddingCache:
 
     def evict(self) -> list[Path]:
         """Delete least recently used entries until the folder fits ``max_bytes``."""
-        entries = [(entry.stat().st_mtime, _tree_size(entry), entry) for entry in self._entries()]
+        entries = []
+        for entry in self._entries():
+            try:
+                entries.append((entry.stat().st_mtime, _tree_size(entry), entry))
+            except OSError:  # evicted by another process (a Dask worker) meanwhile
+                continue
         total = sum(size for _, size, _ in entries)
         removed = []
         for _, size, entry in sorted(entries, key=lambda item: item[0]):

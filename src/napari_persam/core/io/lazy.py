@@ -113,7 +113,7 @@ def _zarr_array(target: Target) -> tuple[Any, Layout]:
     with tifffile.TiffFile(target.path) as tiff:
         series = tiff.series[0]
         layout = layout_of(series.shape, str(series.axes), name=Path(target.path).name)
-        store = series.aszarr()
+        store = series.aszarr(level=0)  # a pyramid's full resolution
     return zarr.open(store, mode="r"), layout
 
 

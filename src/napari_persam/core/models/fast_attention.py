@@ -26,12 +26,18 @@ from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 MASK_ELEMENTS = 2 * 1024 * 1024
 
 
+def _is_exporting() -> bool:
+    """``torch.compiler.is_exporting()``, which torch has only since 2.6 (we allow 2.1)."""
+    probe = getattr(torch.compiler, "is_exporting", None)
+    return bool(probe()) if probe is not None else False
+
+
 class SdpaAttention(Attention):
     """segment_anything's ``Attention`` computed with SDPA (same result to float rounding)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) tokens -> (B, H, W, C), as ``Attention.forward``."""
-        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+        if _is_exporting() or torch.onnx.is_in_onnx_export():
             # ONNX export: SAM's own formulation. The exporter's decomposition of SDPA
             # breaks on its output layout, and the runtimes fuse attention themselves.
             return super().forward(x)
