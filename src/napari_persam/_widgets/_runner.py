@@ -205,7 +205,6 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
         How many targets were segmented.
     """
     from napari_persam._widgets._concepts import ConceptReady, learned_concept, read_concept
-    from napari_persam._widgets._imports import import_engine
     from napari_persam.core.engine.concepts import combine_concepts
 
     total = len(job.targets)
@@ -220,7 +219,13 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
         except ValueError as error:
             raise ValueError(f"{error} {_CONCEPT_ADVICE}") from error
     yield Progress(0, total, "loading PyTorch and segment-anything")
-    import_engine()  # before the model: building SAM imports segment_anything
+    # Before the model: building SAM imports segment_anything (and torchvision), which
+    # in napari's process must not load triton (see core.models.llvm_clash).
+    from napari_persam.core.models.llvm_clash import keep_triton_out_beside_system_llvm
+
+    keep_triton_out_beside_system_llvm()
+    from napari_persam.core.engine.persam import PerSAM  # noqa: F401  (torch loads here)
+
     if models.devices is None:
         from napari_persam.core.devices import available_devices
 
