@@ -274,3 +274,27 @@ def test_widget_lists_the_registry_and_devices(viewer, open_widget):
     viewer.add_image(np.zeros((3, 16, 16), np.float32), name="stack")
     widget.image.value = viewer.layers["stack"]
     assert not widget.stack_mode.native.isHidden() and widget.stack_mode.value == "propagate"
+
+
+def test_the_part_range_moves_both_ends_either_way(open_widget):
+    widget = open_widget()
+    widget.max_parts.value = 4
+    widget.min_parts.value = 3
+    widget.max_parts.value = 2  # below the lower end: takes it along
+    assert (widget.min_parts.value, widget.max_parts.value) == (2, 2)
+    widget.min_parts.value = 4  # above the upper end: takes it along
+    assert (widget.min_parts.value, widget.max_parts.value) == (4, 4)
+
+
+def test_a_deleted_result_layer_takes_its_predictions_along(viewer, open_widget, qtbot):
+    # Else objects never written to a new result layer would count as deleted by the
+    # user (negatives) when a slice of it is added as a reference.
+    viewer.add_image(squares((48, 64)), name="img")
+    viewer.add_labels(_reference((48, 64)), name="ref")
+    widget = open_widget()
+    run_and_wait(qtbot, widget)
+    assert ("img", None) in widget._predictions
+    viewer.layers.remove("img similarity")  # not a result layer: kept
+    assert ("img", None) in widget._predictions
+    viewer.layers.remove("img PerSAM")
+    assert ("img", None) not in widget._predictions

@@ -133,8 +133,8 @@ class PerSAMForm(Container):
         self.finetune.changed.connect(self._on_finetune_changed)
         self.concept_file.changed.connect(self._on_concept_file_changed)
         self.prompt_mode.changed.connect(self._on_prompt_mode_changed)
-        self.min_parts.changed.connect(self._on_parts_changed)
-        self.max_parts.changed.connect(self._on_parts_changed)
+        self.min_parts.changed.connect(self._on_min_parts_changed)
+        self.max_parts.changed.connect(self._on_max_parts_changed)
         self._on_prompt_mode_changed()
         self.tiling.changed.connect(self._on_tiling_changed)
         self._on_tiling_changed()
@@ -173,10 +173,14 @@ class PerSAMForm(Container):
         for widget in (self.min_parts, self.max_parts, self.max_negative_parts):
             widget.visible = part_aware
 
-    def _on_parts_changed(self, *_: object) -> None:
-        # The range stays a range: moving one end past the other moves both.
+    # The range stays a range: moving one end past the other takes the other along.
+    def _on_min_parts_changed(self, *_: object) -> None:
         if self.min_parts.value > self.max_parts.value:
             self.max_parts.value = self.min_parts.value
+
+    def _on_max_parts_changed(self, *_: object) -> None:
+        if self.max_parts.value < self.min_parts.value:
+            self.min_parts.value = self.max_parts.value
 
     def _on_model_changed(self, *_: object) -> None:
         self.checkpoint.visible = self.model.value != TINY_MODEL
@@ -259,7 +263,7 @@ class PerSAMForm(Container):
                 max_instances=int(self.max_instances.value),
                 stack_mode=self.stack_mode.value,
                 prompt_mode=self.prompt_mode.value,
-                min_parts=int(min(self.min_parts.value, self.max_parts.value)),
+                min_parts=int(self.min_parts.value),
                 max_parts=int(self.max_parts.value),
                 max_negative_parts=int(self.max_negative_parts.value),
             ),

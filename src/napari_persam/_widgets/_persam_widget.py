@@ -31,7 +31,7 @@ from napari_persam._widgets._job import (
     build_job,
     check_image,
 )
-from napari_persam._widgets._layers import spatial_shape
+from napari_persam._widgets._layers import METADATA_KEY, spatial_shape
 from napari_persam._widgets._models import LoadedModels
 from napari_persam._widgets._more_references import (
     PredictedSlice,
@@ -94,6 +94,7 @@ class PerSAMWidget(PerSAMForm):
         self.export_button.changed.connect(self._on_export_clicked)
         self.run_button.changed.connect(self._on_run_clicked)
         self.cancel_button.changed.connect(self._on_cancel_clicked)
+        self._viewer.layers.events.removed.connect(self._on_layer_removed)
 
         self._show_extra_count()
 
@@ -158,6 +159,14 @@ class PerSAMWidget(PerSAMForm):
 
     def _on_export_clicked(self, *_: object) -> None:
         self.export_concept()
+
+    def _on_layer_removed(self, event) -> None:
+        # A deleted result layer takes what the Runs found in it along: objects never
+        # written to a new "<image> PerSAM" layer were not deleted by the user.
+        tag = getattr(event.value, "metadata", {}).get(METADATA_KEY, {})
+        if tag.get("role") == "labels":
+            for key in [key for key in self._predictions if key[0] == tag.get("source")]:
+                del self._predictions[key]
 
     def _on_run_clicked(self, *_: object) -> None:
         self.run()
