@@ -224,17 +224,3 @@ def test_deleted_objects_are_what_the_run_found_and_the_user_erased():
     assert deleted_objects(None, corrected) is None
     assert deleted_objects(predicted, corrected[:5]) is None  # another slice shape
 
-
-def test_predictions_of_a_deleted_result_layer_say_nothing_of_a_new_one():
-    from napari.layers import Labels
-
-    from napari_persam._widgets._more_references import PredictedSlice
-
-    found = np.zeros((10, 12), np.int32)
-    found[1:3, 1:3] = 1
-    written, newer = Labels(found), Labels(np.zeros_like(found))
-    predicted = PredictedSlice.of(found, written)
-    assert predicted.written_to(written)
-    assert not predicted.written_to(newer) and not predicted.written_to(None)
-    del written  # the user deleted the layer; a new one of the same name came later
-    assert not predicted.written_to(newer)
