@@ -223,4 +223,3 @@ def test_deleted_objects_are_what_the_run_found_and_the_user_erased():
     assert deleted_objects(predicted, found) is None
     assert deleted_objects(None, corrected) is None
     assert deleted_objects(predicted, corrected[:5]) is None  # another slice shape
-
