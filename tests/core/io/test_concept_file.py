@@ -473,3 +473,10 @@ def test_the_learned_scale_survives_and_old_files_load_as_whole_image(engine, rn
     np.savez(buffer, **arrays)
     old = concept_file_from_bytes(buffer.getvalue()).concepts[1]
     assert old.pixels_per_cell is None and old.object_diameter == 0.0
+
+
+def test_a_saved_concept_file_is_readable_by_others(tmp_path):
+    # Concepts are shared (a lab's file server); mkstemp alone makes owner-only files.
+    concept = Concept(target_embedding=np.ones(4, np.float32), model_fingerprint="f" * 32)
+    path = save_concept(concept, tmp_path / "shared.npz")
+    assert path.stat().st_mode & 0o044 == 0o044

@@ -29,6 +29,7 @@ from napari_persam.core.io.concept_schema import (
     check_label_value,
     split_concept,
 )
+from napari_persam.core.models.download import FILE_MODE
 
 
 def save_concept(
@@ -85,6 +86,7 @@ def save_concepts(
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
+        os.chmod(tmp_name, FILE_MODE)  # mkstemp's files are owner-only; concepts are shared
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
