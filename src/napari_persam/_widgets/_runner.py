@@ -204,8 +204,7 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     int
         How many targets were segmented.
     """
-    from napari_persam._widgets._concepts import ConceptReady, learned_concept, read_concept
-    from napari_persam.core.engine.concepts import combine_concepts
+    from napari_persam._widgets._concepts import read_concept
 
     total = len(job.targets)
     content, values = job.concept_file, job.values
@@ -221,9 +220,21 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     yield Progress(0, total, "loading PyTorch and segment-anything")
     # Before the model: building SAM imports segment_anything (and torchvision), which
     # in napari's process must not load triton (see core.models.llvm_clash).
+    from napari_persam.core.models.gil_free_loading import extensions_load_without_gil
     from napari_persam.core.models.llvm_clash import keep_triton_out_beside_system_llvm
 
     keep_triton_out_beside_system_llvm()
+    # The native libraries loaded from here on (torch, OpenVINO, scikit-learn) are
+    # mapped without Python's lock, so napari's window keeps repainting meanwhile.
+    with extensions_load_without_gil():
+        return (yield from _load_and_segment(job, models, content, values, total))
+
+
+def _load_and_segment(
+    job: Job, models: LoadedModels, content: ConceptFile | None, values: tuple, total: int
+) -> Generator[Progress, None, int]:
+    from napari_persam._widgets._concepts import ConceptReady, learned_concept
+    from napari_persam.core.engine.concepts import combine_concepts
     from napari_persam.core.engine.persam import PerSAM  # noqa: F401  (torch loads here)
 
     if models.devices is None:
