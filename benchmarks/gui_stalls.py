@@ -14,7 +14,7 @@ Each scenario runs in a fresh process, so opening the widget happens without
 torch loaded, as when a user opens it from the Plugins menu:
 
 * ``open``: the widget opens (through the manifest, as the menu does), then the
-  event loop runs for a second;
+  event loop runs for a second, then the model and device are chosen;
 * ``run 1``: the first Run (2D image, one object): it loads PyTorch and the model
   in the worker, learns the reference and segments the image;
 * ``run 2``: a second Run on the same image (model and embedding cached).
@@ -102,15 +102,18 @@ def measure(model: str, *, torch_first: bool, tick_ms: float) -> dict:
     def open_widget() -> None:
         def do_open() -> None:
             _, widget = viewer.window.add_plugin_dock_widget("napari-persam", "PerSAM")
-            widget.model.value = model
-            widget.device.value = "cpu"
-            widget.cache_on_disk.value = False
-            if model != "tiny":
-                widget.model_factory = _random_weights
             widget_box.append(widget)
 
         QTimer.singleShot(0, do_open)  # inside the event loop, like a menu click
-        _wait(app, 1.0)
+        _wait(app, 1.0)  # the form is built a piece per turn meanwhile
+        # Then the choices a user would make (asking for a control before the form
+        # is built would build the rest at once, as a script needs it).
+        widget = widget_box[0]
+        widget.model.value = model
+        widget.device.value = "cpu"
+        widget.cache_on_disk.value = False
+        if model != "tiny":
+            widget.model_factory = _random_weights
 
     def run_once() -> None:
         widget = widget_box[0]

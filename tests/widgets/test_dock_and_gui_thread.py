@@ -131,3 +131,64 @@ def test_the_device_list_is_exact_once_torch_is_loaded(viewer, open_widget, qtbo
     run_and_wait(qtbot, widget)
     assert list(widget.device.choices) == ["auto", *available_devices()]
     assert widget.device.value == "cpu"
+
+
+def _form_names(widget) -> list[str]:
+    """The names of the form's pieces and of every control in them, in order."""
+    names = []
+    for piece in widget.content:
+        names.append(piece.name)
+        body = getattr(piece, "body", piece)
+        names.extend(child.name for child in getattr(body, "_list", []))
+    return names
+
+
+def test_the_menu_builds_the_form_in_pieces_and_ends_with_the_same_form(viewer, qtbot, monkeypatch):
+    from napari_persam._widgets import PerSAMMenuWidget, PerSAMWidget
+    from napari_persam._widgets._form import PerSAMForm
+
+    turns = []  # each piece in a timer callback of its own: napari repaints between them
+    real = PerSAMForm._build_next
+
+    def build_next(form):
+        turns.append(len(form._pending_builds))
+        real(form)
+
+    monkeypatch.setattr(PerSAMForm, "_build_next", build_next)
+    _paint(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-persam", "PerSAM")
+    assert isinstance(widget, PerSAMMenuWidget)
+    assert not widget.built  # nothing but the frame in the menu's own event
+    pieces = len(widget._pending_builds)
+    assert pieces >= 4
+    qtbot.waitUntil(lambda: widget.built, timeout=10_000)
+    assert turns == list(range(pieces, 0, -1))
+
+    whole = PerSAMWidget(viewer)
+    assert _form_names(widget) == _form_names(whole)
+    assert [piece.name for piece in widget.content] == [
+        "main", "advanced", "concepts", "run_row", "status"
+    ]  # fmt: skip
+    assert widget.image.value is viewer.layers["img"]  # the pickers know the layers
+    assert widget.reference.value is viewer.layers["ref"]
+    whole.close()
+
+
+def test_a_control_asked_for_before_the_form_is_built_builds_the_rest(viewer, qtbot):
+    _paint(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-persam", "PerSAM")
+    assert not widget.built
+    widget.finetune.value = True  # in the last piece of the advanced options
+    assert widget.built
+    assert not widget.finetune_steps.native.isHidden()  # the form's rules are connected
+    qtbot.wait(50)  # the pieces still scheduled find nothing left to do
+    assert widget.built and widget.finetune.value is True
+
+
+def test_closing_the_dock_while_it_is_being_built(viewer, qtbot):
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-persam", "PerSAM")
+    assert not widget.built
+    viewer.window.remove_dock_widget(dock)
+    widget.native.deleteLater()
+    qtbot.wait(100)  # the scheduled pieces must not fail on the deleted widget
+    assert widget.built or not widget._pending_builds

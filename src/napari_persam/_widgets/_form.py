@@ -11,6 +11,7 @@ from pathlib import Path
 import napari
 from magicgui.widgets import Container
 from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
 
 from napari_persam._widgets import _controls as controls
 from napari_persam._widgets._job import (
@@ -27,6 +28,10 @@ from napari_persam._widgets._more_references import reference_pairs
 from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.models.registry import TINY_MODEL
 
+# Between two pieces of a staged build. Not 0: Qt runs zero-delay timers back to back
+# in one pass of its event loop, which would leave no turn for repainting between them.
+_PIECE_DELAY_MS = 1
+
 
 class PerSAMForm(Container):
     """The controls of the PerSAM widget, laid out, with their visibility rules.
@@ -35,24 +40,88 @@ class PerSAMForm(Container):
     is always shown; the rest is in sections that fold away ("advanced options",
     "concept files"), and the whole form scrolls when the dock is short. To add a
     control, write its function in :mod:`._controls` and place it with one line,
-    in the order it is shown, e.g. in the advanced section::
+    in the order it is shown, in the ``_build_*`` method of its piece, e.g. in
+    the advanced section::
 
         self.part_range = self.advanced.add(controls.part_range())
 
     (``self.main.add(...)`` for the always-shown part, ``self.concepts.add(...)``
-    for concept files; ``run_row`` holds the buttons next to Run.)
+    for concept files; ``run_row`` holds the buttons next to Run.) Connect its
+    signals in ``_connect_form``, which runs once every piece is built.
 
     Parameters
     ----------
     napari_viewer : napari.Viewer
         The viewer whose layers the pickers offer.
+    staged : bool
+        Build the form a piece per turn of napari's event loop (as the Plugins menu
+        opens it) instead of all at once; see :meth:`finish_building`.
     """
 
-    def __init__(self, napari_viewer: napari.Viewer) -> None:
+    def __init__(self, napari_viewer: napari.Viewer, *, staged: bool = False) -> None:
         super().__init__(labels=False)
         self._viewer = napari_viewer
         self.margins = (0, 0, 0, 0)
+        self.content = Container(labels=False, name="content")
+        self.content.native.layout().addStretch(1)  # controls stay together at the top
+        self.native.layout().addWidget(controls.scroll_area(self.content))
+        # Built in this order; with ``staged``, one piece per turn of the event loop.
+        self._pending_builds = [
+            self._build_main,
+            self._build_advanced,
+            self._build_advanced_engine,
+            self._build_concepts,
+            self._connect_form,
+        ]
+        self._building = False
+        if staged:
+            QTimer.singleShot(_PIECE_DELAY_MS, self._build_next)
+        else:
+            self.finish_building()
 
+    # ------------------------------------------------------------------ building
+    # Opening the widget from napari's menu builds it piece by piece (``staged``), so
+    # that napari's window is never frozen for long: the whole form takes about 0.3 s
+    # of the GUI thread to build, each piece well under 0.1 s. Whatever asks for a
+    # control before it exists (a script, a click on Run) gets the rest built at once.
+
+    @property
+    def built(self) -> bool:
+        """Whether every control exists (always, unless opened ``staged`` moments ago)."""
+        return not self._pending_builds
+
+    def finish_building(self) -> None:
+        """Build what is not built yet, now."""
+        while self._pending_builds and not self._building:
+            self._build_one()
+
+    def _build_next(self) -> None:
+        try:
+            self.native.objectName()
+        except RuntimeError:  # the dock was closed meanwhile: Qt deleted the widget
+            self._pending_builds.clear()
+            return
+        self._build_one()
+        if self._pending_builds:
+            QTimer.singleShot(_PIECE_DELAY_MS, self._build_next)
+
+    def _build_one(self) -> None:
+        if not self._pending_builds or self._building:
+            return
+        self._building = True
+        try:
+            self._pending_builds.pop(0)()
+        finally:
+            self._building = False
+
+    def __getattr__(self, name: str):
+        pending = self.__dict__.get("_pending_builds")
+        if pending and not self.__dict__.get("_building") and not name.startswith("__"):
+            self.finish_building()
+            return getattr(self, name)
+        return super().__getattr__(name)
+
+    def _build_main(self) -> None:
         # Always shown: what a Run needs.
         self.main = controls.Group(name="main")
         self.image = self.main.add(controls.image())
@@ -67,6 +136,13 @@ class PerSAMForm(Container):
         self.model = self.main.add(controls.model())
         self.tiling_info = self.main.add(controls.tiling_info())  # what a Run will cost
 
+        self.run_button = controls.run_button()
+        self.cancel_button = controls.cancel_button()
+        self.run_row = controls.row(self.run_button, self.cancel_button, name="run_row")
+        self.status = controls.status()
+        self.content.extend([self.main, self.run_row, self.status])
+
+    def _build_advanced(self) -> None:
         # Folded away until asked for. One line per control: create and place it.
         self.advanced = controls.Section("advanced options", name="advanced")
         self.learn_all_values = self.advanced.add(controls.learn_all_values())
@@ -91,6 +167,10 @@ class PerSAMForm(Container):
         self.checkpoint = self.advanced.add(controls.checkpoint())
         self.device = self.advanced.add(controls.device())
         self.cache_on_disk = self.advanced.add(controls.cache_on_disk())
+        self.content.insert(1, self.advanced)
+
+    def _build_advanced_engine(self) -> None:
+        # The rest of the advanced options: how the engine learns, prompts and tiles.
         self.finetune = self.advanced.add(controls.finetune())
         self.finetune_steps = self.advanced.add(controls.finetune_steps())
         self.target_guided_attention = self.advanced.add(controls.target_guided_attention())
@@ -105,23 +185,14 @@ class PerSAMForm(Container):
         self.tiling = self.advanced.add(controls.tiling())
         self.tile_side = self.advanced.add(controls.tile_side())
 
+    def _build_concepts(self) -> None:
         self.concepts = controls.Section("concept files", name="concepts")
         self.concept_file = self.concepts.add(controls.concept_file())
         self.export_path = self.concepts.add(controls.export_path())
         self.export_button = self.concepts.add(controls.export_button())
+        self.content.insert(2, self.concepts)
 
-        self.run_button = controls.run_button()
-        self.cancel_button = controls.cancel_button()
-        self.run_row = controls.row(self.run_button, self.cancel_button, name="run_row")
-        self.status = controls.status()
-        self.content = Container(
-            widgets=[self.main, self.advanced, self.concepts, self.run_row, self.status],
-            labels=False,
-            name="content",
-        )
-        self.content.native.layout().addStretch(1)  # controls stay together at the top
-        self.native.layout().addWidget(controls.scroll_area(self.content))
-
+    def _connect_form(self) -> None:
         self.image.changed.connect(self._on_image_changed)
         self.reference.changed.connect(self._on_reference_changed)
         self.targets.changed.connect(self._on_targets_changed)
@@ -142,6 +213,7 @@ class PerSAMForm(Container):
         self._on_model_changed()
         self._on_finetune_changed()
         self._on_find_mode_changed()
+        self.reset_choices()
 
     # ------------------------------------------------------------------ slots
     def _on_image_changed(self, *_: object) -> None:
@@ -312,6 +384,8 @@ class PerSAMForm(Container):
 
     def reset_choices(self, *_: object) -> None:
         """Refresh the layer pickers (napari calls this when layers change)."""
+        if not self.built:
+            return  # the last piece built refreshes them
         super().reset_choices()
         self.content.reset_choices()
         self._refresh_pairs()

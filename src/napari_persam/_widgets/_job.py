@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -21,8 +21,10 @@ from napari_persam._widgets._reference import (
     reference_negatives,
     reference_shots,
 )
-from napari_persam._widgets._runner import Job, ModelChoice, Target, slice_targets
 from napari_persam.core.config import PerSAMConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_persam._widgets._runner import Job, ModelChoice, Target
 
 THIS_IMAGE = "this image"
 THIS_SLICE = "this slice"
@@ -141,6 +143,8 @@ def build_job(request: Request) -> Job:
         For a missing or unsuitable layer, an empty reference, or impossible
         targets; the message says what to do.
     """
+    from napari_persam._widgets._runner import Job  # with the engine's types: at Run time
+
     image = check_image(request.image)
     if request.concept_file is not None or request.concept_path is not None:
         return _concept_file_job(request, image)
@@ -186,6 +190,8 @@ def build_job(request: Request) -> Job:
 
 def _concept_file_job(request: Request, image: Image) -> Job:
     """A job segmenting with a concept file: no reference layer is read."""
+    from napari_persam._widgets._runner import Job
+
     if request.finetune:
         raise ValueError(
             "PerSAM-F cannot train a concept loaded from a file (the file holds no reference "
@@ -282,6 +288,8 @@ def _pair_shots(
 
 
 def _targets(request: Request, image: Image) -> tuple[Target, ...]:
+    from napari_persam._widgets._runner import slice_targets
+
     mode = request.target_mode
     depth = spatial_shape(image)[0]
     if mode == IMAGE_LAYERS:

@@ -14,18 +14,10 @@ from typing import TYPE_CHECKING
 import napari
 import numpy as np
 from napari.layers import Image
-from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
-from scipy import ndimage
 
-from napari_persam._widgets._concepts import (
-    ConceptReady,
-    LearnedConcept,
-    check_export_target,
-    describe,
-)
 from napari_persam._widgets._form import PerSAMForm
 from napari_persam._widgets._job import (
     build_job,
@@ -33,19 +25,20 @@ from napari_persam._widgets._job import (
 )
 from napari_persam._widgets._layers import METADATA_KEY, spatial_shape
 from napari_persam._widgets._models import LoadedModels
-from napari_persam._widgets._more_references import (
-    PredictedSlice,
-    deleted_objects,
-    result_shot,
-)
-from napari_persam._widgets._run_state import RunState
-from napari_persam._widgets._runner import Job, run_job
-from napari_persam._widgets._tiling_info import describe_tiling
-from napari_persam.core.progress import Progress
+from napari_persam._widgets._more_references import deleted_objects, result_shot
 
+# What only a Run, an export or a result needs is imported there: opening the widget
+# (on napari's GUI thread) imports as little as it can.
 if TYPE_CHECKING:  # pragma: no cover
+    from napari.qt.threading import GeneratorWorker
+
+    from napari_persam._widgets._concepts import ConceptReady, LearnedConcept
+    from napari_persam._widgets._more_references import PredictedSlice
+    from napari_persam._widgets._run_state import RunState
+    from napari_persam._widgets._runner import Job
     from napari_persam.core.engine_builder import ModelFactory
     from napari_persam.core.io.disk_cache import DiskEmbeddingCache
+    from napari_persam.core.progress import Progress
 
 
 class PerSAMWidget(PerSAMForm):
@@ -63,6 +56,9 @@ class PerSAMWidget(PerSAMForm):
         (e.g. to run your own SAM variant, or a small one in tests). The model
         is loaded once per (model, checkpoint, device) and kept while the widget
         lives; choosing another one replaces it.
+    staged : bool
+        Build the form a piece per turn of the event loop, as napari's Plugins menu
+        opens it (:class:`PerSAMMenuWidget`); see :class:`~._form.PerSAMForm`.
 
     Attributes
     ----------
@@ -77,9 +73,12 @@ class PerSAMWidget(PerSAMForm):
     """
 
     def __init__(
-        self, napari_viewer: napari.Viewer, *, model_factory: ModelFactory | None = None
+        self,
+        napari_viewer: napari.Viewer,
+        *,
+        model_factory: ModelFactory | None = None,
+        staged: bool = False,
     ) -> None:
-        super().__init__(napari_viewer)
         self._models = LoadedModels(model_factory)
         self._run: RunState | None = None
         self._extra_shots: list[tuple[np.ndarray, np.ndarray]] = []
@@ -89,13 +88,16 @@ class PerSAMWidget(PerSAMForm):
         self.worker: GeneratorWorker | None = None
         self.job: Job | None = None
         self.last_concept: LearnedConcept | None = None
+        super().__init__(napari_viewer, staged=staged)
+        self._viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    def _connect_form(self) -> None:
+        super()._connect_form()
         self.add_reference_button.changed.connect(self._on_add_reference_clicked)
         self.clear_references_button.changed.connect(self._on_clear_references_clicked)
         self.export_button.changed.connect(self._on_export_clicked)
         self.run_button.changed.connect(self._on_run_clicked)
         self.cancel_button.changed.connect(self._on_cancel_clicked)
-        self._viewer.layers.events.removed.connect(self._on_layer_removed)
-
         self._show_extra_count()
 
     # ------------------------------------------------------------------ hooks
@@ -175,6 +177,8 @@ class PerSAMWidget(PerSAMForm):
         self.cancel()
 
     def _on_yielded(self, step: Progress) -> None:
+        from napari_persam._widgets._concepts import ConceptReady
+
         if isinstance(step, ConceptReady) and step.concept is not None:
             self.last_concept = step.concept
             self.export_button.enabled = True
@@ -195,6 +199,8 @@ class PerSAMWidget(PerSAMForm):
         first = job.targets[0]
         shape = np.shape(first.source)
         image_hw = shape[1:3] if first.slice_index is not None else shape[:2]
+        from napari_persam._widgets._tiling_info import describe_tiling
+
         self.tiling_info.value = describe_tiling(
             image_hw,
             step.concept.concepts,
@@ -223,6 +229,11 @@ class PerSAMWidget(PerSAMForm):
 
         Bad choices become a napari error notification and nothing starts.
         """
+        from napari.qt.threading import create_worker
+
+        from napari_persam._widgets._run_state import RunState
+        from napari_persam._widgets._runner import run_job
+
         if self.running:
             return
         try:
@@ -271,6 +282,8 @@ class PerSAMWidget(PerSAMForm):
             chosen = path if path is not None else self.export_path.value
             if chosen is None or str(chosen) in ("", "."):
                 raise ValueError("Choose a file in 'export to' first (a name ending in .npz).")
+            from napari_persam._widgets._concepts import check_export_target, describe
+
             written = self.last_concept.save(check_export_target(chosen))
         except (ValueError, OSError) as error:
             show_error(f"Concept not exported: {error}")
@@ -319,6 +332,8 @@ class PerSAMWidget(PerSAMForm):
         self._show_extra_count()
         negatives = ""
         if deleted is not None:
+            from scipy import ndimage
+
             count = ndimage.label(deleted, structure=np.ones((3, 3), dtype=bool))[1]
             negatives = f" with the {count} object(s) you deleted as negatives"
         self.status.value = (
@@ -367,3 +382,16 @@ class PerSAMWidget(PerSAMForm):
 
 
 __all__ = ["PerSAMWidget"]
+
+
+class PerSAMMenuWidget(PerSAMWidget):
+    """The widget as napari's Plugins menu opens it: built a piece per event-loop turn.
+
+    Built at once, the form would freeze napari's window for about 0.3 s; in pieces,
+    the window keeps repainting. It is the same widget: asking it for any control
+    finishes the building first. (A class, not a function: napari passes the viewer
+    only to a class whose ``__init__`` asks for ``napari_viewer``.)
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(napari_viewer, staged=True)
