@@ -266,7 +266,7 @@ def rebuild_encoder(
             sam = build_tiny_sam(img_size=int(img_size))
         else:
             sam = build_architecture(spec.architecture)
-    encoder = sam.image_encoder.eval()
+    encoder = sam.image_encoder
     described = describe_modules(encoder)
     if len(described) != len(modules):
         raise ValueError(f"the registry's {model_name} encoder has other modules")
@@ -282,7 +282,7 @@ def rebuild_encoder(
     if wrong:
         raise ValueError(f"weights of another dtype, e.g. {wrong[0]}: {state[wrong[0]].dtype}")
     encoder.load_state_dict(state, strict=True)
-    return encoder
+    return encoder.eval()  # after loading: eval() also drops caches made from weights (TinyViT)
 
 
 def main(argv: list[str] | None = None) -> int:
