@@ -12,7 +12,7 @@ import torch
 from napari_persam.core import PerSAMConfig
 from napari_persam.core.engine.embeddings import EmbeddingCache, encode_image
 from napari_persam.core.engine.persam import PerSAM
-from napari_persam.core.models import encoder_export, encoder_runtime
+from napari_persam.core.models import encoder_export, encoder_runtime, export_child
 from napari_persam.core.models.encoder_export import (
     MODEL_FILE,
     RECORD_FILE,
@@ -102,12 +102,14 @@ def test_corrupt_or_stale_export_is_made_again(tmp_path, tiny_sam, monkeypatch):
     # The cache's bookkeeping, with a stand-in for the (slow) exporter.
     exports = []
 
-    def fake_export(encoder, *, img_size, path):
+    def fake_export(encoder, *, path, **kwargs):
         exports.append(path)
         path.write_bytes(b"graph %d" % len(exports) + bytes(100))
         (path.parent / (path.name + ".data")).write_bytes(b"weights" * 10)
+        return {}
+        yield  # a progress generator, as the real one
 
-    monkeypatch.setattr(encoder_export, "_export_onnx", fake_export)
+    monkeypatch.setattr(encoder_export, "iter_export", fake_export)
     encoder = tiny_sam.image_encoder
     kwargs = dict(model_name="tiny", img_size=256, weights="w" * 8, root=tmp_path)
     path = run(iter_exported_encoder(encoder, **kwargs))
@@ -142,8 +144,12 @@ def test_a_failed_export_leaves_nothing_and_falls_back_once(tmp_path, tiny_sam, 
     def broken(*args, **kwargs):
         raise encoder_export.ExportError("no luck")
 
-    monkeypatch.setattr(encoder_export, "_export_onnx", broken)
-    with pytest.warns(RuntimeWarning, match="no luck") as caught:
+    def no_child(**kwargs):
+        raise export_child.ChildUnusable("no child in this test")
+
+    monkeypatch.setattr(export_child, "export_onnx", broken)
+    monkeypatch.setattr(export_child, "child_command", no_child)
+    with pytest.warns(RuntimeWarning, match="no luck .*no child in this test") as caught:
         encoder = run(
             iter_image_encoder(
                 tiny_sam,

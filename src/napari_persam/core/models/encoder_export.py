@@ -15,13 +15,17 @@ SHA-256 of the encoder's weights as loaded. An export is written into
 killed export leaves nothing under a final name. Every use re-hashes the files
 against the record: a corrupt or stale export
 (another format version, a file changed or missing) is deleted and made again.
+
+The export itself runs in a short-lived child process (:mod:`.export_child`):
+importing the exporter's onnx holds Python's GIL for 1.3 s in ml_dtypes'
+initialisation, which froze napari's window when the widget exported in a
+worker thread, and the exporter's memory stayed in napari's process. A model
+the child cannot rebuild is exported here, as before.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -31,7 +35,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_persam.core.models.llvm_clash import keep_triton_out_beside_system_llvm
+from napari_persam.core.models.export_child import ONNX_OPSET, ExportError, iter_export
 from napari_persam.core.paths import encoders_dir
 from napari_persam.core.progress import Progress
 
@@ -40,17 +44,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Bump when the exported graph changes (inputs, outputs, opset): older exports are rebuilt.
 EXPORT_FORMAT = 1
-ONNX_OPSET = 18
 MODEL_FILE = "encoder.onnx"
 RECORD_FILE = "record.json"
 _INCOMING = ".incoming"
 _HASH_CHUNK = 8 << 20
 # Leftovers of killed exports are removed after this long (an export takes minutes).
 _STALE_INCOMING_S = 6 * 3600.0
-
-
-class ExportError(RuntimeError):
-    """The encoder could not be exported (the caller falls back to PyTorch)."""
 
 
 def weights_id(encoder: torch.nn.Module, checkpoint_sha256: str | None) -> str:
@@ -108,7 +107,9 @@ def iter_exported_encoder(
     Yields
     ------
     Progress
-        Before and after an export (its one-time cost in the message).
+        Before and after an export (its one-time cost in the message), and every
+        quarter second while a child process exports; closing the generator then
+        kills the child and leaves nothing behind.
 
     Raises
     ------
@@ -134,13 +135,20 @@ def iter_exported_encoder(
     work = incoming / f"{folder.name}-{uuid.uuid4().hex}"
     work.mkdir()
     try:
-        _export_onnx(encoder, img_size=img_size, path=work / MODEL_FILE)
+        how = yield from iter_export(
+            encoder,
+            model_name=model_name,
+            img_size=img_size,
+            path=work / MODEL_FILE,
+            message=message,
+        )
         checked = dict(check(work / MODEL_FILE)) if check is not None else {}
         record = {
             **expected,
             "files": {path.name: _sha256(path) for path in _payload(work)},
             "opset": ONNX_OPSET,
             "export_seconds": round(time.perf_counter() - start, 1),
+            **how,
             **checked,
         }
         _write_json(work / RECORD_FILE, record)
@@ -178,32 +186,6 @@ def verify_export(folder: Path, expected: dict[str, Any]) -> bool:
     if present != set(files):
         return False
     return all(_sha256(folder / name) == digest for name, digest in files.items())
-
-
-def _export_onnx(encoder: torch.nn.Module, *, img_size: int, path: Path) -> None:
-    import torch
-
-    example = torch.zeros(1, 3, int(img_size), int(img_size))
-    chatter = io.StringIO()  # the exporter prints its steps; a failure quotes them
-    try:
-        keep_triton_out_beside_system_llvm()  # napari's OpenGL: triton would crash it
-        with torch.no_grad(), contextlib.redirect_stdout(chatter):
-            torch.onnx.export(
-                encoder,
-                (example,),
-                str(path),
-                dynamo=True,
-                input_names=["pixels"],
-                output_names=["embedding"],
-                opset_version=ONNX_OPSET,
-                external_data=True,
-                verbose=False,
-            )
-    except Exception as error:
-        tail = chatter.getvalue().strip().splitlines()[-3:]
-        raise ExportError(f"{type(error).__name__}: {error} {' '.join(tail)}".strip()) from error
-    if not path.is_file():
-        raise ExportError("the ONNX exporter wrote no file")
 
 
 def _payload(folder: Path) -> list[Path]:
