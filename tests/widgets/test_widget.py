@@ -9,6 +9,7 @@ were written.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -298,3 +299,31 @@ def test_a_deleted_result_layer_takes_its_predictions_along(viewer, open_widget,
     assert ("img", None) in widget._predictions
     viewer.layers.remove("img PerSAM")
     assert ("img", None) not in widget._predictions
+
+
+def test_a_cancelled_run_cleans_up_at_once(viewer, open_widget, qtbot):
+    # A model that takes long to load (as a download or an encoder export does), with
+    # clean-up of its own: cancelling must run that clean-up when the Run ends.
+    viewer.add_image(squares((32, 32)), name="img")
+    viewer.add_labels(_reference((32, 32)), name="ref")
+    widget = open_widget()
+    cleaned = []
+
+    def slow_factory(name, *, checkpoint, device):
+        from napari_persam.core.progress import Progress
+
+        try:
+            while True:
+                yield Progress(0, 1, "loading slowly")
+                time.sleep(0.02)
+        finally:
+            cleaned.append(name)
+
+    widget.model_factory = slow_factory
+    widget.run_button.native.click()
+    worker = widget.worker
+    worker.yielded.connect(lambda step: step.message == "loading slowly" and widget.cancel())
+    with qtbot.waitSignals([worker.aborted, worker.finished], timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: not widget.running, timeout=5_000)
+    assert cleaned == ["tiny"]

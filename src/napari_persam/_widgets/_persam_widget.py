@@ -372,6 +372,12 @@ class PerSAMWidget(PerSAMForm):
             self._run.cancelled = True
 
     def _finish(self) -> None:
+        # A cancelled worker stops at a yield and leaves its generator suspended; closing
+        # it now runs the Run's clean-up at once (a child process exporting the encoder
+        # is killed, a partial download removed), not whenever Python frees the worker.
+        generator = getattr(self.worker, "_gen", None)
+        if generator is not None:
+            generator.close()
         if self._run is not None:
             self._run.finish()
             self.status.value = self._run.summary()
