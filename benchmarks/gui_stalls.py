@@ -36,8 +36,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -169,6 +171,12 @@ def main() -> int:
         help="also run each case with the package in SRC (another version's src/ folder), "
         "interleaved with this one, for a ratio under the same load",
     )
+    parser.add_argument(
+        "--fresh-cache",
+        action="store_true",
+        help="give each process an empty cache folder, so that the first Run also exports "
+        "the image encoder for OpenVINO (as on a user's first Run with a new model)",
+    )
     parser.add_argument(SCENARIO, nargs=2, metavar=("MODEL", "TORCH_FIRST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scenario:
@@ -186,9 +194,16 @@ def main() -> int:
                     command = [sys.executable, __file__, SCENARIO, model, str(int(torch_first)),
                                "--tick-ms", str(args.tick_ms)]  # fmt: skip
                     env = {**os.environ, "PYTHONPATH": source}
-                    done = subprocess.run(
-                        command, capture_output=True, text=True, check=False, env=env
-                    )
+                    cache = tempfile.mkdtemp(prefix="gui-stalls-") if args.fresh_cache else None
+                    if cache is not None:
+                        env["NAPARI_PERSAM_CACHE"] = cache
+                    try:
+                        done = subprocess.run(
+                            command, capture_output=True, text=True, check=False, env=env
+                        )
+                    finally:
+                        if cache is not None:
+                            shutil.rmtree(cache, ignore_errors=True)
                     if done.returncode != 0:
                         print(done.stderr[-3000:], file=sys.stderr)
                         return 1
@@ -200,6 +215,7 @@ def main() -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "tick_ms": args.tick_ms,
+        "fresh_cache": args.fresh_cache,
         "cases": cases,
     }
     if args.out is not None:
