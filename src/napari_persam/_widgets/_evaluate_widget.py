@@ -14,6 +14,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, PushButton, Table, create_widget
 
 from napari_persam._widgets._slice_plot import SliceScorePlot
+from napari_persam._widgets._spelling import widget_message
 from napari_persam.core.evaluation.compare import StackComparison, iter_compare_stacks
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,7 +126,7 @@ class EvaluateWidget(Container):
             work = iter_compare_stacks(_layer_array(result), _layer_array(truth))
             first = next(work)  # validates shapes before a thread starts
         except ValueError as error:
-            self._status.value = str(error)
+            self._status.value = widget_message(error)
             return None
         except StopIteration as stop:  # pragma: no cover - a stack has >= 1 slice
             self._show(stop.value, truth)
@@ -150,7 +151,7 @@ class EvaluateWidget(Container):
         self._status.value = f"Comparing: {step.message}"
 
     def _on_error(self, error: Exception) -> None:
-        self._status.value = f"Evaluation failed: {error}"
+        self._status.value = f"Evaluation failed: {widget_message(error)}"
 
     def _on_finished(self) -> None:
         self._run_button.enabled = True

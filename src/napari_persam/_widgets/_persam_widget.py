@@ -26,6 +26,7 @@ from napari_persam._widgets._job import (
 from napari_persam._widgets._layers import METADATA_KEY, spatial_shape
 from napari_persam._widgets._models import LoadedModels
 from napari_persam._widgets._more_references import deleted_objects, result_shot
+from napari_persam._widgets._spelling import widget_message
 
 # What only a Run, an export or a result needs is imported there: opening the widget
 # (on napari's GUI thread) imports as little as it can.
@@ -241,8 +242,8 @@ class PerSAMWidget(PerSAMForm):
                 self._request(extra_shots=self._extra_shots, extra_negatives=self._extra_negatives)
             )
         except ValueError as error:
-            show_error(str(error))
-            self.status.value = f"Not started: {error}"
+            show_error(widget_message(error))
+            self.status.value = f"Not started: {widget_message(error)}"
             return
         images = {layer.name: layer for layer in self._viewer.layers if isinstance(layer, Image)}
         self.job = job
@@ -286,8 +287,8 @@ class PerSAMWidget(PerSAMForm):
 
             written = self.last_concept.save(check_export_target(chosen))
         except (ValueError, OSError) as error:
-            show_error(f"Concept not exported: {error}")
-            self.status.value = f"Not exported: {error}"
+            show_error(f"Concept not exported: {widget_message(error)}")
+            self.status.value = f"Not exported: {widget_message(error)}"
             return None
         show_info(f"Concept saved to {written}")
         self.status.value = f"Exported the concept ({describe(self.last_concept)}) to {written}."
@@ -323,8 +324,8 @@ class PerSAMWidget(PerSAMForm):
                     )
             shot, where = result_shot(self._viewer, image, slice_index=index)
         except ValueError as error:
-            show_error(str(error))
-            self.status.value = f"Not added: {error}"
+            show_error(widget_message(error))
+            self.status.value = f"Not added: {widget_message(error)}"
             return
         deleted = deleted_objects(self._predictions.get((image.name, index)), shot[1])
         self._extra_shots.append(shot)

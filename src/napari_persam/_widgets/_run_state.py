@@ -16,6 +16,7 @@ from napari.utils import progress
 from napari_persam._widgets._layers import OutputLayers, ensure_outputs, write_result
 from napari_persam._widgets._more_references import CONTENT_KEY, PredictedSlice
 from napari_persam._widgets._runner import Job
+from napari_persam._widgets._spelling import widget_message
 from napari_persam.core.progress import Progress
 
 #: Qt progress bars hold a 32-bit int; byte counts of large checkpoints are scaled down.
@@ -143,7 +144,7 @@ class RunState:
 
     def fail(self, error: BaseException) -> str:
         """Record a failure; returns the message for the user."""
-        message = str(error) or type(error).__name__
+        message = widget_message(error)
         if isinstance(error, MemoryError) or "out of memory" in message.lower():
             message += " (out of memory: try a smaller model, the CPU, or fewer slices)"
         self.failure = message

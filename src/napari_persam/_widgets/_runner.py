@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_persam._widgets._models import LoadedModels, ModelChoice
+from napari_persam._widgets._spelling import widget_message
 from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.engine.results import (
     Instances,
@@ -216,7 +217,7 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
         try:  # before any model is loaded (or downloaded)
             content.check_model_name(job.model.name, source=f"Concept file {job.concept_source}")
         except ValueError as error:
-            raise ValueError(f"{error} {_CONCEPT_ADVICE}") from error
+            raise ValueError(f"{widget_message(error)} {_CONCEPT_ADVICE}") from error
     yield Progress(0, total, "loading PyTorch and segment-anything")
     # Before the model: building SAM imports segment_anything (and torchvision), which
     # in napari's process must not load triton (see core.models.llvm_clash).
@@ -265,7 +266,7 @@ def _load_and_segment(
                 source=f"Concept file {job.concept_source}",
             )
         except ValueError as error:
-            raise ValueError(f"{error} {_CONCEPT_ADVICE}") from error
+            raise ValueError(f"{widget_message(error)} {_CONCEPT_ADVICE}") from error
         concept = combine_concepts(content.concepts)
     else:
         classes = f"{len(job.values)} label values" if len(job.values) > 1 else "the object"

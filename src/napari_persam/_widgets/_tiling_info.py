@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from napari_persam._widgets._spelling import widget_message
 from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.engine.tiles import plans_for
 from napari_persam.core.errors import InputError
@@ -37,7 +38,7 @@ def describe_tiling(
     try:
         plans = plans_for(image_hw, concepts.values(), config=config)
     except InputError as error:
-        return str(error)
+        return widget_message(error)
     per_image = sum(len(plan) for plan in plans)
     parts = [
         f"{plan.pixels_per_cell:.1f} px per cell: {plan.describe()}" for plan in plans if plan.tiled
