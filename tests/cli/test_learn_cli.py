@@ -114,3 +114,31 @@ def test_prompt_mode_max_parts_and_negative_mask(reference, tmp_path, capsys):
     assert _learn(reference, tmp_path / "none", "--negative-mask", "none") == 0
     (concept,) = read_concept_file(tmp_path / "none.npz").concepts.values()
     assert concept.negative_prototypes is None
+
+
+def test_the_part_ranges_and_the_instance_distance(reference, tmp_path, capsys):
+    out = tmp_path / "ranges.npz"
+    args = ("--prompt-mode", "part-aware", "--min-parts", "2", "--max-parts", "3",
+            "--max-negative-parts", "0", "--instance-max-distance", "0.5")  # fmt: skip
+    assert _learn(reference, out, *args) == 0
+    config = read_concept_file(out).config
+    assert (config.min_parts, config.max_parts) == (2, 3)
+    assert (config.min_negative_parts, config.max_negative_parts) == (0, 0)
+    assert config.instance_max_distance == 0.5
+    (concept,) = read_concept_file(out).concepts.values()
+    assert set(concept.part_groups.tolist()) <= {2, 3}
+
+    # One end given alone moves the other along, as the widget's range does.
+    assert _learn(reference, tmp_path / "high", "--min-parts", "7") == 0
+    config = read_concept_file(tmp_path / "high.npz").config
+    assert (config.min_parts, config.max_parts) == (7, 7)
+    capsys.readouterr()
+    for bad, said in (
+        (("--min-parts", "4", "--max-parts", "2"), "--min-parts 4 is above --max-parts 2"),
+        (("--min-parts", "0"), "--min-parts must be 1 or more"),
+        (("--max-negative-parts", "-1"), "--max-negative-parts must be 0 or more"),
+        (("--instance-max-distance", "0"), "--instance-max-distance must be positive"),
+    ):
+        assert _learn(reference, tmp_path / "bad", *bad) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "bad.npz").exists()

@@ -208,7 +208,7 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--prompt-mode`` and ``--max-parts`` (part-aware prompting, P²SAM)."""
+    """``--prompt-mode`` and the part ranges (part-aware prompting, P²SAM)."""
     from napari_persam.core.config import PROMPT_MODES
 
     parser.add_argument(
@@ -220,12 +220,37 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
         f"positive and one negative point. Default: {PerSAMConfig().prompt_mode} (or the "
         "concept file's).",
     )
+    defaults = PerSAMConfig()
+    parser.add_argument(
+        "--min-parts",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"Part-aware: the fewest parts tried (default {defaults.min_parts}; 1 is "
+        "PerSAM's mean embedding).",
+    )
     parser.add_argument(
         "--max-parts",
         type=int,
         default=None,
         metavar="N",
-        help=f"Part-aware: try 1 to N parts (default {PerSAMConfig().max_parts}).",
+        help=f"Part-aware: the most parts tried (default {defaults.max_parts}).",
+    )
+    parser.add_argument(
+        "--max-negative-parts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Part-aware: the most background prototypes tried as negative points "
+        f"(default {defaults.max_negative_parts}; 0: PerSAM's one negative point).",
+    )
+    parser.add_argument(
+        "--instance-max-distance",
+        type=float,
+        default=None,
+        metavar="D",
+        help="Part-aware, every instance: drop objects whose cells are farther than D (earth "
+        "mover's distance) from the reference's (default: learned from the reference).",
     )
 
 
@@ -293,11 +318,7 @@ def build_config(args: argparse.Namespace, base: PerSAMConfig | None = None) -> 
         changes["encoder_backend"] = args.encoder_backend
     if getattr(args, "prompt_mode", None) is not None:
         changes["prompt_mode"] = args.prompt_mode
-    if getattr(args, "max_parts", None) is not None:
-        if args.max_parts < 1:
-            raise UsageError(f"--max-parts must be 1 or more, got {args.max_parts}.")
-        changes["max_parts"] = args.max_parts
-        changes["min_parts"] = min(config.min_parts, args.max_parts)
+    changes.update(_part_changes(args, config))
     for option in ("tiling", "object_cells", "tile_overlap", "max_tiles"):
         if getattr(args, option, None) is not None:
             changes[option] = getattr(args, option)
@@ -305,6 +326,34 @@ def build_config(args: argparse.Namespace, base: PerSAMConfig | None = None) -> 
         return dataclasses.replace(config, **changes)
     except ValueError as error:
         raise usage_error(error) from error
+
+
+def _part_changes(args: argparse.Namespace, config: PerSAMConfig) -> dict[str, Any]:
+    """The part ranges the command line asks for; one end given moves the other along."""
+    low, high = getattr(args, "min_parts", None), getattr(args, "max_parts", None)
+    negatives = getattr(args, "max_negative_parts", None)
+    distance = getattr(args, "instance_max_distance", None)
+    for flag, value, least in (("--min-parts", low, 1), ("--max-parts", high, 1),
+                               ("--max-negative-parts", negatives, 0)):  # fmt: skip
+        if value is not None and value < least:
+            raise UsageError(f"{flag} must be {least} or more, got {value}.")
+    if low is not None and high is not None and low > high:
+        raise UsageError(f"--min-parts {low} is above --max-parts {high}; give a range.")
+    changes: dict[str, Any] = {}
+    if low is not None:
+        changes["min_parts"] = low
+        changes["max_parts"] = high if high is not None else max(config.max_parts, low)
+    elif high is not None:
+        changes["max_parts"] = high
+        changes["min_parts"] = min(config.min_parts, high)
+    if negatives is not None:
+        changes["max_negative_parts"] = negatives
+        changes["min_negative_parts"] = min(config.min_negative_parts, negatives)
+    if distance is not None:
+        if not distance > 0:
+            raise UsageError(f"--instance-max-distance must be positive, got {distance}.")
+        changes["instance_max_distance"] = distance
+    return changes
 
 
 def cache_max_bytes(args: argparse.Namespace) -> int:

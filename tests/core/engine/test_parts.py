@@ -153,3 +153,10 @@ def test_cells_of_a_small_mask_are_the_coverage_rules(rng, shape):
             covered_cells_of_part(geometry, mask, 0.5), covered_cells(geometry, mask, 0.5)
         )
     assert not covered_cells_of_part(geometry, np.zeros(shape, dtype=bool), 0.5).any()
+
+
+def test_no_count_asked_for_gives_no_table(rng):
+    cells = rng.normal(size=(40, 8)).astype(np.float32)
+    assert prototype_table(cells, range(1, 1)) == (None, None)  # max_negative_parts=0
+    assert prototype_table(cells[:1], [2, 3]) == (None, None)  # fewer cells than parts
+    assert table_rows(None, None, 2) is None

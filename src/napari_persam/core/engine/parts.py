@@ -69,11 +69,16 @@ def kmeans_prototypes(cells: np.ndarray, count: int) -> np.ndarray | None:
     return _unit(means)
 
 
-def prototype_table(cells: np.ndarray, counts: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
+def prototype_table(
+    cells: np.ndarray, counts: Iterable[int]
+) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
     """Prototypes for several counts, stacked: (P, C) float32 rows and (P,) int32 counts.
 
     Row ``i`` belongs to the prototype set of ``groups[i]`` clusters; counts that
-    :func:`kmeans_prototypes` skips have no rows.
+    :func:`kmeans_prototypes` skips have no rows. ``(None, None)`` when no count
+    gives prototypes (none asked for, e.g. ``max_negative_parts=0``, or too few
+    cells): a concept then has no table, which reads the same as an empty one and
+    can be saved (a concept file holds no empty arrays).
     """
     rows, groups = [], []
     for count in counts:
@@ -81,9 +86,9 @@ def prototype_table(cells: np.ndarray, counts: Iterable[int]) -> tuple[np.ndarra
         if prototypes is not None:
             rows.append(prototypes)
             groups.extend([count] * count)
-    width = np.shape(cells)[1]
-    table = np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
-    return table.astype(np.float32), np.asarray(groups, dtype=np.int32)
+    if not rows:
+        return None, None
+    return np.concatenate(rows).astype(np.float32), np.asarray(groups, dtype=np.int32)
 
 
 def table_rows(
