@@ -328,3 +328,26 @@ def test_a_plan_beyond_max_tiles_stops_before_anything_is_written(small_discs, t
     err = capsys.readouterr().err
     assert "--max-tiles" in err and "--object-cells" in err and "--tiling" in err
     assert not out.exists()
+
+
+def test_a_concept_files_plan_beyond_max_tiles_stops_before_the_model_loads(
+    small_discs, tmp_path, capsys, monkeypatch
+):
+    from napari_persam._cli import segment
+
+    concept = tmp_path / "discs.npz"
+    assert main(["learn", "--model", "tiny", "--device", "cpu", "--no-cache",
+                 "--reference", str(small_discs / "field.png"),
+                 "--mask", str(small_discs / "mask.png"), "--out", str(concept)]) == 0  # fmt: skip
+    capsys.readouterr()
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the tile plan was checked")
+
+    monkeypatch.setattr(segment, "load_engine", no_model)
+    out = tmp_path / "out"
+    code = _segment("--concept", str(concept), "--targets", str(small_discs / "field.png"),
+                    "--max-tiles", "2", "--out", str(out))  # fmt: skip
+    assert code == 2
+    assert "--max-tiles" in capsys.readouterr().err
+    assert not out.exists()

@@ -230,6 +230,9 @@ def _segment(args: argparse.Namespace) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     distributed = args.workers is not None or args.scheduler is not None
+    # A concept file's scale is known now: a plan beyond --max-tiles stops the run
+    # before a model is loaded (or downloaded). Learned concepts are planned once learned.
+    encodings = _plan_encodings(targets, concepts, config) if concepts else None
     engine = None
     if pairs or not distributed:
         engine = load_engine(args, model_name=model_name, config=config)
@@ -246,7 +249,8 @@ def _segment(args: argparse.Namespace) -> int:
         }
     if concept_file is not None and engine is not None:
         _check_model(concept_file, model_name, engine.fingerprint, args.concept)
-    encodings = _plan_encodings(targets, concepts, config)
+    if encodings is None:
+        encodings = _plan_encodings(targets, concepts, config)
     run_info["encodings"] = encodings
     if not args.quiet:
         print(encodings["summary"], file=sys.stderr)
