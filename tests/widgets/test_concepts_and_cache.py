@@ -152,3 +152,27 @@ def test_the_disk_cache_serves_a_fresh_model_without_encoding(
     widget.model_factory = _tiny_factory(encodes=off)
     run_and_wait(qtbot, widget)
     assert off and widget.disk_cache is None
+
+
+def test_a_concept_file_is_prompted_as_it_was_learned(viewer, open_widget, qtbot, tmp_path):
+    viewer.add_image(squares((32, 32)), name="img")
+    viewer.add_labels(_painted((32, 32), 1), name="ref")
+    widget = open_widget()
+    widget.prompt_mode.value = "part-aware"
+    widget.min_parts.value, widget.max_parts.value = 2, 3
+    widget.max_negative_parts.value = 0
+    run_and_wait(qtbot, widget)
+    path = widget.export_concept(tmp_path / "parts.npz")
+
+    widget.prompt_mode.value = "persam"  # what the user last chose: the file decides
+    widget.min_parts.value, widget.max_parts.value = 1, 5
+    widget.max_negative_parts.value = 1
+    widget.load_concept(path)
+    run_and_wait(qtbot, widget)
+    assert widget.status.value.startswith("Done"), widget.status.value
+    used = widget.last_concept.config
+    assert (used.prompt_mode, used.min_parts, used.max_parts) == ("part-aware", 2, 3)
+    assert used.max_negative_parts == 0
+    assert widget.prompt_mode.value == "part-aware"  # the controls show what was used
+    assert (widget.min_parts.value, widget.max_parts.value) == (2, 3)
+    assert widget.max_negative_parts.value == 0

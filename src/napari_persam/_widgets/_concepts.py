@@ -108,6 +108,27 @@ def read_concept(path: str | os.PathLike) -> ConceptFile:
         ) from error
 
 
+#: The options a concept file decides for a Run that segments with it: how its concept
+#: is prompted, as it was learned (the command line does the same unless a flag is given).
+PROMPT_SETTINGS = (
+    "prompt_mode",
+    "min_parts",
+    "max_parts",
+    "min_negative_parts",
+    "max_negative_parts",
+    "instance_max_distance",
+)
+
+
+def with_prompt_settings(config: PerSAMConfig, saved: PerSAMConfig | None) -> PerSAMConfig:
+    """``config`` with the prompt settings of a concept file's ``saved`` config, if any."""
+    if saved is None:
+        return config
+    import dataclasses
+
+    return dataclasses.replace(config, **{name: getattr(saved, name) for name in PROMPT_SETTINGS})
+
+
 def check_export_target(path: str | os.PathLike) -> Path:
     """Where an export goes (``.npz`` added); refuses to replace a file that is not a concept.
 

@@ -189,8 +189,22 @@ class PerSAMWidget(PerSAMForm):
                 self.job = dataclasses.replace(self.job, values=values)
                 if self._run is not None:
                     self._run.set_values(values)
+            if self.job is not None and self.job.concept_path is not None:
+                self._show_prompt_settings(step.concept.config)
             self._show_tiling(step)
         self._show(step)
+
+    def _show_prompt_settings(self, config) -> None:
+        """Set the prompt controls to a concept file's settings, which its Run used."""
+        self.prompt_mode.value = config.prompt_mode
+        # The lower end first: each end moves the other along, so the range always fits.
+        for spin, value in (
+            (self.min_parts, config.min_parts),
+            (self.max_parts, config.max_parts),
+            (self.max_negative_parts, config.max_negative_parts),
+        ):
+            spin.max = max(spin.max, value)  # a file from a script may go beyond the widget's
+            spin.value = value
 
     def _show_tiling(self, step: ConceptReady) -> None:
         """Say next to Run at what scale the Run works and what it costs."""

@@ -12,6 +12,7 @@ or listing the plugin never loads them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -205,7 +206,7 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
     int
         How many targets were segmented.
     """
-    from napari_persam._widgets._concepts import read_concept
+    from napari_persam._widgets._concepts import read_concept, with_prompt_settings
 
     total = len(job.targets)
     content, values = job.concept_file, job.values
@@ -218,6 +219,8 @@ def run_job_steps(job: Job, *, models: LoadedModels) -> Generator[Progress, None
             content.check_model_name(job.model.name, source=f"Concept file {job.concept_source}")
         except ValueError as error:
             raise ValueError(f"{widget_message(error)} {_CONCEPT_ADVICE}") from error
+        # The concept is prompted as it was learned; the widget shows the settings used.
+        job = dataclasses.replace(job, config=with_prompt_settings(job.config, content.config))
     yield Progress(0, total, "loading PyTorch and segment-anything")
     # Before the model: building SAM imports segment_anything (and torchvision), which
     # in napari's process must not load triton (see core.models.llvm_clash).
