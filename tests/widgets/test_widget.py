@@ -327,3 +327,34 @@ def test_a_cancelled_run_cleans_up_at_once(viewer, open_widget, qtbot):
         pass
     qtbot.waitUntil(lambda: not widget.running, timeout=5_000)
     assert cleaned == ["tiny"]
+
+
+def test_a_step_repeated_while_the_worker_waits_updates_the_bar_once(
+    viewer, open_widget, qtbot, monkeypatch
+):
+    # An export in a child process is polled four times a second with the same
+    # message; napari's bar processes events on every update, so repeats are skipped.
+    from napari.utils import progress
+
+    viewer.add_image(squares((32, 32)), name="img")
+    viewer.add_labels(_reference((32, 32)), name="ref")
+    widget = open_widget()
+    shown = []
+    real = progress.set_description
+    monkeypatch.setattr(
+        progress, "set_description", lambda bar, text: (shown.append(text), real(bar, text))
+    )
+
+    def waiting_factory(name, *, checkpoint, device):
+        from napari_persam.core.models import build_tiny_sam
+        from napari_persam.core.progress import Progress
+
+        for _ in range(10):
+            yield Progress(0, 1, "exporting the encoder")
+            time.sleep(0.05)  # apart, as the polls of a child process are
+        return build_tiny_sam().to(device or "cpu").eval()
+
+    widget.model_factory = waiting_factory
+    run_and_wait(qtbot, widget)
+    assert widget.status.value.startswith("Done"), widget.status.value
+    assert shown.count("PerSAM: exporting the encoder") == 1

@@ -66,6 +66,7 @@ class RunState:
             self.set_values(job.values)
         self._bar: progress | None = progress(total=len(job.targets), desc="PerSAM")
         self._pending: tuple[int, int, str] | None = None
+        self._shown: tuple[int, int, str] | None = None
         self._updating = False
 
     def set_values(self, values: tuple[int, ...]) -> None:
@@ -130,8 +131,12 @@ class RunState:
         self._updating = True
         try:
             while self._pending is not None and self._bar is not None:
-                done, total, message = self._pending
+                done, total, message = step = self._pending
                 self._pending = None
+                if step == self._shown:
+                    # A step repeated while the worker waits (an export polled four
+                    # times a second): napari's bar would process events twice for it.
+                    continue
                 scale = max(1, -(-total // _BAR_LIMIT))
                 self._bar.set_description(f"PerSAM: {message}")
                 if self._pending is not None or self._bar is None:
@@ -139,6 +144,7 @@ class RunState:
                 self._bar.total = total // scale
                 self._bar.n = 0
                 self._bar.update(min(done, total) // scale)
+                self._shown = step  # once wholly shown
         finally:
             self._updating = False
 
