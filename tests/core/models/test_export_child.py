@@ -24,6 +24,14 @@ from napari_persam.core.progress import run
 
 pytest.importorskip("onnxscript")
 
+
+def _export(encoder, root, *, model_name="tiny", weights="w"):
+    """The export generator of ``encoder`` (256 px) into the cache ``root``."""
+    return iter_exported_encoder(
+        encoder, model_name=model_name, img_size=256, weights=weights, root=root
+    )
+
+
 # A fresh interpreter, as napari's: export the tiny model's encoder, then say whether
 # the exporter's modules were imported here, how it was exported and how far the
 # export is from PyTorch's embedding.
@@ -125,15 +133,7 @@ def test_a_model_the_child_cannot_rebuild_is_exported_here(
     encoder = make_tiny_sam().image_encoder
     # Not in the registry's tiny model: the child's strict load refuses it.
     encoder.register_buffer("extra", torch.ones(3))
-    path = run(
-        iter_exported_encoder(
-            encoder,
-            model_name="tiny",
-            img_size=256,
-            weights=weights_id(encoder, None),
-            root=tmp_path,
-        )
-    )
+    path = run(_export(encoder, tmp_path, weights=weights_id(encoder, None)))
     assert len(popens) == 1 and popens[0].returncode == 2
     assert len(exports_here) == 1
     record = _record(path)
@@ -146,15 +146,7 @@ def test_a_model_the_child_cannot_rebuild_is_exported_here(
 def test_a_model_outside_the_registry_starts_no_child(tmp_path, tiny_sam, popens, monkeypatch):
     calls = []
     monkeypatch.setattr(export_child, "export_onnx", _fake_export(calls))
-    path = run(
-        iter_exported_encoder(
-            tiny_sam.image_encoder,
-            model_name="my_own_sam",
-            img_size=256,
-            weights="w",
-            root=tmp_path,
-        )
-    )
+    path = run(_export(tiny_sam.image_encoder, tmp_path, model_name="my_own_sam"))
     assert popens == [] and len(calls) == 1
     assert "not a registry model" in _record(path)["child_unused"]
 
@@ -165,8 +157,7 @@ def test_an_encoder_of_another_size_starts_no_child(tmp_path, popens, monkeypatc
     calls = []
     monkeypatch.setattr(export_child, "export_onnx", _fake_export(calls))
     encoder = build_tiny_sam(img_size=256, encoder_dim=32).image_encoder
-    kwargs = dict(model_name="tiny", img_size=256, weights="w", root=tmp_path)
-    path = run(iter_exported_encoder(encoder, **kwargs))
+    path = run(_export(encoder, tmp_path))
     assert popens == [] and len(calls) == 1
     assert "width 32" in _record(path)["child_unused"]
 
@@ -177,8 +168,7 @@ def test_closing_the_export_kills_the_child_and_leaves_nothing(
     calls = []
     monkeypatch.setattr(export_child, "export_onnx", _fake_export(calls))
     _child_runs(monkeypatch, "import time; time.sleep(120)")
-    kwargs = dict(model_name="tiny", img_size=256, weights="w", root=tmp_path)
-    work = iter_exported_encoder(tiny_sam.image_encoder, **kwargs)
+    work = _export(tiny_sam.image_encoder, tmp_path)
     next(work)  # "exporting ...", before the child starts
     while not popens:
         next(work)
@@ -195,8 +185,7 @@ def test_a_child_that_fails_gives_way_to_an_export_here(tmp_path, tiny_sam, pope
     calls = []
     monkeypatch.setattr(export_child, "export_onnx", _fake_export(calls))
     _child_runs(monkeypatch, "import sys; sys.stderr.write('no room\\n'); sys.exit(1)")
-    kwargs = dict(model_name="tiny", img_size=256, weights="w", root=tmp_path)
-    path = run(iter_exported_encoder(tiny_sam.image_encoder, **kwargs))
+    path = run(_export(tiny_sam.image_encoder, tmp_path))
     assert popens[0].returncode == 1 and len(calls) == 1
     assert path.read_bytes() == b"graph"
     assert _record(path)["child_unused"] == "it failed with status 1: no room"
@@ -210,9 +199,8 @@ def test_failing_in_both_places_says_both_and_leaves_nothing(tmp_path, tiny_sam,
 
     monkeypatch.setattr(export_child, "export_onnx", broken)
     _child_runs(monkeypatch, "import sys; sys.stderr.write('and there\\n'); sys.exit(3)")
-    kwargs = dict(model_name="tiny", img_size=256, weights="w", root=tmp_path)
     with pytest.raises(ExportError, match=r"broke here .*status 3: and there"):
-        run(iter_exported_encoder(tiny_sam.image_encoder, **kwargs))
+        run(_export(tiny_sam.image_encoder, tmp_path))
     assert [p for p in (tmp_path / "encoders").rglob("*") if p.is_file()] == []
 
 
@@ -222,8 +210,7 @@ def test_a_child_that_cannot_start_gives_way_too(tmp_path, tiny_sam, monkeypatch
     monkeypatch.setattr(
         export_child, "child_command", lambda **kwargs: [str(tmp_path / "no-such-python")]
     )
-    kwargs = dict(model_name="tiny", img_size=256, weights="w", root=tmp_path)
-    path = run(iter_exported_encoder(tiny_sam.image_encoder, **kwargs))
+    path = run(_export(tiny_sam.image_encoder, tmp_path))
     assert len(calls) == 1 and "could not start" in _record(path)["child_unused"]
 
 
