@@ -17,6 +17,11 @@ keeps answering ordinary prompts exactly as before, also from other threads.
 Unlike the official code, the per-block addition is done out of place: there,
 ``queries += target`` on the first block also shifts the query positional
 encoding, which is the same tensor.
+
+A decoder built as SAM builds it is computed by :mod:`.lean_decoder`: the same
+arithmetic in fewer passes over memory, 0.45x the CPU time of segment_anything's
+decoder per call (BENCHMARKS.md). The views remain the reference the tests hold it
+to (``force_view``) and the path for any other decoder.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from typing import Any
 import torch
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import TwoWayAttentionBlock, TwoWayTransformer
+
+from napari_persam.core.engine.lean_decoder import lean_path_supported
+from napari_persam.core.engine.lean_decoder import predict_masks as lean_predict_masks
 
 
 class _View:
@@ -136,8 +144,9 @@ def decode_masks(
     target_embedding : (C,) float tensor, optional
         Target-semantic prompt.
     force_view : bool
-        Run through the views even without guidance (tests use it to prove the
-        views reproduce segment_anything exactly).
+        Run through segment_anything's code on views, never the lean decoder (tests
+        use it to prove the views reproduce segment_anything exactly, and as the
+        reference for the lean decoder).
 
     Returns
     -------
@@ -151,6 +160,19 @@ def decode_masks(
         # dense embedding.
         dense_prompt_embeddings = dense_prompt_embeddings.expand(count, -1, -1, -1)
         shared = False
+    chosen = slice(1, None) if multimask_output else slice(0, 1)
+    target = None if target_embedding is None else target_embedding.reshape(1, 1, -1)
+    if not force_view and lean_path_supported(mask_decoder):
+        return lean_predict_masks(
+            mask_decoder,
+            image_embeddings=image_embeddings,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse_prompt_embeddings,
+            dense_prompt_embeddings=dense_prompt_embeddings,
+            attn_bias=attn_bias,
+            target=target,
+            chosen=chosen,
+        )
     if attn_bias is None and target_embedding is None and not force_view and not shared:
         return mask_decoder(
             image_embeddings=image_embeddings,
@@ -160,8 +182,7 @@ def decode_masks(
             multimask_output=multimask_output,
         )
     transformer = mask_decoder.transformer
-    if attn_bias is not None or target_embedding is not None or force_view:
-        target = None if target_embedding is None else target_embedding.reshape(1, 1, -1)
+    if attn_bias is not None or target is not None or force_view:
         transformer = _GuidedTransformer(mask_decoder.transformer, attn_bias, target)
     masks, iou_pred = _predict_masks(
         mask_decoder,
@@ -171,7 +192,6 @@ def decode_masks(
         sparse_prompt_embeddings=sparse_prompt_embeddings,
         dense_prompt_embeddings=dense_prompt_embeddings,
     )
-    chosen = slice(1, None) if multimask_output else slice(0, 1)
     return masks[:, chosen], iou_pred[:, chosen]
 
 
