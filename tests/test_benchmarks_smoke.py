@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -98,3 +99,15 @@ def test_quick_part_aware_cost_writes_every_figure(monkeypatch, tmp_path):
     assert results["found"]["pairs_tried"] == 10
     assert {"cascades (decoder)", "distances (EMD)"} <= set(results["part_aware_stages"])
     assert "Extra cost of part-aware" in (tmp_path / "part_aware.md").read_text()
+
+
+def test_the_decoder_call_benchmark_runs(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    try:
+        decoder_call = importlib.import_module("decoder_call")
+        assert decoder_call.main(["--threads", str(torch.get_num_threads()), "--repeats", "1"]) == 0
+    finally:
+        sys.modules.pop("decoder_call", None)
+    printed = capsys.readouterr().out
+    difference = float(printed.rsplit("logits:", 1)[1])
+    assert difference <= 2e-6  # the lean decoder answers as segment_anything's
