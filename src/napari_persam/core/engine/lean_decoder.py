@@ -129,11 +129,16 @@ def predict_masks(
     )
     key_pe = _token_major(image_pe[0])
     shared = dense_prompt_embeddings.shape[0] == 1
-    first_block: dict[str, torch.Tensor] = {}  # image-side projections, when shared
+    # With one dense embedding for all, the image tokens and the first block's
+    # image-side projections are the same for every prompt: formed once.
+    shared_keys = _token_major(image_embeddings[0] + dense_prompt_embeddings[0]) if shared else None
+    first_block: dict[str, torch.Tensor] = {}
     indices = range(decoder.num_mask_tokens)[chosen]
     masks, ious = [], []
     for b in range(count):  # one prompt at a time: its image tokens stay in cache
-        keys = _token_major(image_embeddings[0] + dense_prompt_embeddings[0 if shared else b])
+        keys = shared_keys
+        if keys is None:
+            keys = _token_major(image_embeddings[0] + dense_prompt_embeddings[b])
         queries, keys = two_way_transformer(
             decoder.transformer,
             keys,
@@ -196,16 +201,12 @@ def _block(layer, queries, keys, query_pe, key_pe, attn_bias, reuse):
         queries = queries + layer.self_attn(q=q, k=q, v=queries)
     queries = layer.norm1(queries)
     q = queries + query_pe
-    if reuse is not None and reuse:
+    if reuse:  # filled by an earlier prompt with the same keys
         k_proj, v_proj, image_q = reuse["k"], reuse["v"], reuse["q"]
     else:
         k = keys + key_pe  # SAM forms this sum again below; keys do not change in between
         k_proj, v_proj = _projections(layer.cross_attn_token_to_image, k, keys)
-        image_q = F.linear(
-            k,
-            layer.cross_attn_image_to_token.q_proj.weight,
-            layer.cross_attn_image_to_token.q_proj.bias,
-        )
+        image_q = layer.cross_attn_image_to_token.q_proj(k)
         if reuse is not None:
             reuse.update(k=k_proj, v=v_proj, q=image_q)
     attention = _token_to_image(layer.cross_attn_token_to_image, q, k_proj, v_proj, attn_bias)
