@@ -7,14 +7,14 @@ from napari_persam.core.engine.decoder import decode_masks
 from napari_persam.core.engine.lean_decoder import lean_path_supported
 
 
-def _inputs(sam, *, with_masks, seed=0):
+def _inputs(sam, *, with_masks, seed=0, count=3):
     generator = torch.Generator().manual_seed(seed)
     grid = sam.prompt_encoder.image_embedding_size
     size = sam.image_encoder.img_size
     embeddings = torch.randn(1, 256, *grid, generator=generator)
-    coords = torch.rand(3, 2, 2, generator=generator) * size
-    labels = torch.tensor([[1, 0], [1, 1], [1, 0]])
-    masks = torch.randn(3, 1, 4 * grid[0], 4 * grid[1], generator=generator) * 3
+    coords = torch.rand(count, 2, 2, generator=generator) * size
+    labels = torch.tensor([[1, 0], [1, 1], [1, 0], [1, 1], [1, 0]][:count])
+    masks = torch.randn(count, 1, 4 * grid[0], 4 * grid[1], generator=generator) * 3
     with torch.no_grad():
         sparse, dense = sam.prompt_encoder(
             points=(coords, labels), boxes=None, masks=masks if with_masks else None
@@ -29,9 +29,10 @@ def _inputs(sam, *, with_masks, seed=0):
 
 @pytest.mark.parametrize("with_masks", [False, True])
 @pytest.mark.parametrize("multimask", [True, False])
-def test_lean_path_gives_segment_anythings_answer(tiny_sam, with_masks, multimask):
+@pytest.mark.parametrize("count", [3, 5])  # 5: the positional terms are formed once
+def test_lean_path_gives_segment_anythings_answer(tiny_sam, with_masks, multimask, count):
     assert lean_path_supported(tiny_sam.mask_decoder)
-    inputs = _inputs(tiny_sam, with_masks=with_masks)
+    inputs = _inputs(tiny_sam, with_masks=with_masks, count=count)
     with torch.no_grad():
         expected = tiny_sam.mask_decoder(**inputs, multimask_output=multimask)
         if not with_masks:  # every prompt's dense embedding is the same: shared
@@ -43,9 +44,10 @@ def test_lean_path_gives_segment_anythings_answer(tiny_sam, with_masks, multimas
 
 
 @pytest.mark.parametrize("with_masks", [False, True])
-def test_lean_path_gives_the_guided_views_answer(tiny_sam, with_masks):
+@pytest.mark.parametrize("count", [3, 5])
+def test_lean_path_gives_the_guided_views_answer(tiny_sam, with_masks, count):
     """PerSAM's attention bias and semantic prompt, against segment_anything's own code."""
-    inputs = _inputs(tiny_sam, with_masks=with_masks, seed=3)
+    inputs = _inputs(tiny_sam, with_masks=with_masks, seed=3, count=count)
     if not with_masks:
         inputs["dense_prompt_embeddings"] = inputs["dense_prompt_embeddings"][:1]
     generator = torch.Generator().manual_seed(4)

@@ -35,6 +35,7 @@ from segment_anything.modeling.transformer import TwoWayAttentionBlock, TwoWayTr
 
 from napari_persam.core.engine.lean_decoder import lean_path_supported
 from napari_persam.core.engine.lean_decoder import predict_masks as lean_predict_masks
+from napari_persam.core.engine.mask_prompts import MaskPrompt
 
 
 class _View:
@@ -119,11 +120,12 @@ def decode_masks(
     image_embeddings: torch.Tensor,
     image_pe: torch.Tensor,
     sparse_prompt_embeddings: torch.Tensor,
-    dense_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor | None,
     multimask_output: bool,
     attn_bias: torch.Tensor | None = None,
     target_embedding: torch.Tensor | None = None,
     force_view: bool = False,
+    mask_prompt: MaskPrompt | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run SAM's mask decoder, optionally with PerSAM's guidance.
 
@@ -137,6 +139,7 @@ def decode_masks(
         From SAM's prompt encoder; B prompts are decoded in one batch. A dense
         embedding of batch 1 (every prompt without a mask input) is shared: the
         transformer's first block then projects the image once for all prompts.
+        None when ``mask_prompt`` is given.
     multimask_output : bool
         True gives SAM's three multimask outputs, False its single mask.
     attn_bias : (1, 1, 1, gh * gw) float tensor, optional
@@ -147,6 +150,10 @@ def decode_masks(
         Run through segment_anything's code on views, never the lean decoder (tests
         use it to prove the views reproduce segment_anything exactly, and as the
         reference for the lean decoder).
+    mask_prompt : MaskPrompt, optional
+        The B prompts' mask inputs before the prompt encoder's last projection
+        (:func:`.mask_prompts.factor_mask_prompt`), in place of dense embeddings:
+        the lean decoder then projects them at rank 16.
 
     Returns
     -------
@@ -154,12 +161,6 @@ def decode_masks(
     iou_predictions : (B, M) float tensor
     """
     count = sparse_prompt_embeddings.shape[0]
-    shared = dense_prompt_embeddings.shape[0] == 1
-    if shared and not isinstance(mask_decoder, MaskDecoder):
-        # A stand-in decoder (tests, other models) gets SAM's own call with every prompt's
-        # dense embedding.
-        dense_prompt_embeddings = dense_prompt_embeddings.expand(count, -1, -1, -1)
-        shared = False
     chosen = slice(1, None) if multimask_output else slice(0, 1)
     target = None if target_embedding is None else target_embedding.reshape(1, 1, -1)
     if not force_view and lean_path_supported(mask_decoder):
@@ -172,7 +173,16 @@ def decode_masks(
             attn_bias=attn_bias,
             target=target,
             chosen=chosen,
+            mask_prompt=mask_prompt,
         )
+    if mask_prompt is not None:
+        dense_prompt_embeddings = mask_prompt.dense()
+    shared = dense_prompt_embeddings.shape[0] == 1
+    if shared and not isinstance(mask_decoder, MaskDecoder):
+        # A stand-in decoder (tests, other models) gets SAM's own call with every prompt's
+        # dense embedding.
+        dense_prompt_embeddings = dense_prompt_embeddings.expand(count, -1, -1, -1)
+        shared = False
     if attn_bias is None and target_embedding is None and not force_view and not shared:
         return mask_decoder(
             image_embeddings=image_embeddings,

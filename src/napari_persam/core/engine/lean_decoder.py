@@ -23,7 +23,10 @@ computes, with PerSAM's guidance, and changes only how:
   transposed convolution of this kind is exactly a product with the kernel laid
   out as a matrix); LayerNorm2d is one ``layer_norm`` on those rows, and the
   hypernetwork product runs before the only rearrangement into pixels, on the
-  chosen 1 or 3 masks instead of 32 channels.
+  chosen 1 or 3 masks instead of 32 channels; the head runs in bands of token rows
+  whose temporaries stay in cache (0.85x the head's time);
+* a mask input given in low-rank form (:mod:`.mask_prompts`) makes the first
+  block's image-side products a shared part plus a rank-16 part per prompt.
 
 The result equals segment_anything's to float rounding (``tests`` compare both on
 random weights). A decoder built in any other way (other module classes or
@@ -33,6 +36,7 @@ shapes, :func:`lean_path_supported`) keeps segment_anything's own code.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +47,13 @@ from segment_anything.modeling.transformer import (
     TwoWayAttentionBlock,
     TwoWayTransformer,
 )
+
+from napari_persam.core.engine.mask_prompts import MaskPrompt
+
+#: Prompts in one call from which :class:`PositionTerms` are formed.
+_TERMS_FROM = 4
+#: Image tokens per band of the output head (1024: 16 of 64 rows; 2 MiB per temporary).
+_BAND_TOKENS = 1024
 
 
 def lean_path_supported(decoder: torch.nn.Module) -> bool:
@@ -94,10 +105,11 @@ def predict_masks(
     image_embeddings: torch.Tensor,
     image_pe: torch.Tensor,
     sparse_prompt_embeddings: torch.Tensor,
-    dense_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor | None,
     attn_bias: torch.Tensor | None,
     target: torch.Tensor | None,
     chosen: slice,
+    mask_prompt: MaskPrompt | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``MaskDecoder.predict_masks`` with PerSAM's guidance, one prompt at a time.
 
@@ -105,7 +117,7 @@ def predict_masks(
     ----------
     image_embeddings, image_pe : (1, C, h, w)
     sparse_prompt_embeddings : (B, N, C)
-    dense_prompt_embeddings : (1 or B, C, h, w)
+    dense_prompt_embeddings : (1 or B, C, h, w), or None with ``mask_prompt``
         A batch of one is every prompt's (no mask input): the first block's
         image-side projections are then computed once for all prompts.
     attn_bias : (1, 1, 1, hw) or None
@@ -116,6 +128,9 @@ def predict_masks(
         is part of the query positional encoding, as in PerSAM) and to the queries
         before each block.
     chosen : slice of the mask outputs wanted (SAM's single mask, or the three).
+    mask_prompt : the B prompts' mask inputs in low-rank form, instead of dense
+        embeddings: the first block's image side is then a shared product plus a
+        rank-r one per prompt (:class:`_LowRankImage`).
 
     Returns
     -------
@@ -128,17 +143,27 @@ def predict_masks(
         (output_tokens.unsqueeze(0).expand(count, -1, -1), sparse_prompt_embeddings), dim=1
     )
     key_pe = _token_major(image_pe[0])
-    shared = dense_prompt_embeddings.shape[0] == 1
-    # With one dense embedding for all, the image tokens and the first block's
-    # image-side projections are the same for every prompt: formed once.
-    shared_keys = _token_major(image_embeddings[0] + dense_prompt_embeddings[0]) if shared else None
-    first_block: dict[str, torch.Tensor] = {}
+    first = decoder.transformer.layers[0]
+    low_rank = shared_keys = shared_side = None
+    if mask_prompt is not None:
+        low_rank = _LowRankImage(first, _token_major(image_embeddings[0]), key_pe, mask_prompt)
+    elif dense_prompt_embeddings is not None and dense_prompt_embeddings.shape[0] == 1:
+        # With one dense embedding for all, the image tokens and the first block's
+        # image-side projections are the same for every prompt: formed once.
+        shared_keys = _token_major(image_embeddings[0] + dense_prompt_embeddings[0])
+        shared_side = image_side(first, shared_keys, key_pe)
+    # Forming the positional terms costs three of the products they save a pass for.
+    terms = PositionTerms.of(decoder.transformer, key_pe) if count >= _TERMS_FROM else None
     indices = range(decoder.num_mask_tokens)[chosen]
     masks, ious = [], []
     for b in range(count):  # one prompt at a time: its image tokens stay in cache
-        keys = shared_keys
-        if keys is None:
+        if low_rank is not None:
+            keys, side = low_rank.prompt(b)
+        elif shared_keys is not None:
+            keys, side = shared_keys, shared_side
+        else:
             keys = _token_major(image_embeddings[0] + dense_prompt_embeddings[b])
+            side = None
         queries, keys = two_way_transformer(
             decoder.transformer,
             keys,
@@ -146,7 +171,8 @@ def predict_masks(
             tokens[b : b + 1],
             attn_bias=attn_bias,
             target=target,
-            first_block=first_block if shared else None,
+            first_side=side,
+            terms=terms,
         )
         hyper_in = torch.stack(
             [decoder.output_hypernetworks_mlps[i](queries[0, 1 + i]) for i in indices]
@@ -154,6 +180,40 @@ def predict_masks(
         masks.append(upscale_and_predict(decoder, keys, (height, width), hyper_in))
         ious.append(decoder.iou_prediction_head(queries[0, 0])[chosen])
     return torch.stack(masks), torch.stack(ious)
+
+
+class _LowRankImage:
+    """The image tokens and first-block projections of prompts whose dense part has rank r.
+
+    With ``dense = W f + c`` (``f`` the prompt's (hw, r) mask features), the image
+    tokens ``image + dense`` and each first-block product ``P (image + dense [+ pe]) + p``
+    are a part shared by all prompts plus ``f (P W)^T``: (hw, r) x (r, D) per prompt
+    instead of (hw, C) x (C, D).
+    """
+
+    def __init__(
+        self, layer: TwoWayAttentionBlock, image: torch.Tensor, key_pe: torch.Tensor, mask_prompt
+    ) -> None:
+        matrix, offset = mask_prompt.matrix(), mask_prompt.projection.bias  # (C, r), (C,)
+        self.features = mask_prompt.features
+        self.keys = image + offset  # the image tokens of a prompt whose features are 0
+        keyed = self.keys + key_pe
+        projections = (
+            (layer.cross_attn_token_to_image.k_proj, keyed),
+            (layer.cross_attn_token_to_image.v_proj, self.keys),
+            (layer.cross_attn_image_to_token.q_proj, keyed),
+        )
+        self.shared = [F.linear(x, p.weight, p.bias) for p, x in projections]
+        self.factors = [matrix.t()] + [(p.weight @ matrix).t() for p, _ in projections]
+
+    def prompt(self, b: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Prompt ``b``'s image tokens (hw, C) and first-block (k, v, image q) projections."""
+        features = _token_major(self.features[b])  # (hw, r)
+        keys, *side = (
+            torch.addmm(base, features, factor)
+            for base, factor in zip([self.keys, *self.shared], self.factors)
+        )
+        return keys, tuple(side)
 
 
 def _token_major(image: torch.Tensor) -> torch.Tensor:
@@ -169,31 +229,81 @@ def two_way_transformer(
     *,
     attn_bias: torch.Tensor | None,
     target: torch.Tensor | None,
-    first_block: dict[str, torch.Tensor] | None = None,
+    first_side: tuple[torch.Tensor, ...] | None = None,
+    terms: PositionTerms | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``TwoWayTransformer.forward`` for one prompt, image tokens token-major.
 
-    ``keys`` and ``key_pe`` are (hw, C), ``point_embedding`` (1, N, C). A dict
-    ``first_block`` holds the first block's image-side projections across calls
-    with the same keys (filled on the first). Returns queries (1, N, C) and
-    keys (hw, C).
+    ``keys`` and ``key_pe`` are (hw, C), ``point_embedding`` (1, N, C).
+    ``first_side``: the first block's :func:`image_side` of these keys when already
+    known; ``terms``: :class:`PositionTerms` of ``key_pe``, when formed. Returns
+    queries (1, N, C) and keys (hw, C).
     """
     query_pe = point_embedding if target is None else point_embedding + target
     queries = query_pe
     for index, layer in enumerate(transformer.layers):
         if target is not None:
             queries = queries + target
-        reuse = first_block if index == 0 else None
-        queries, keys = _block(layer, queries, keys, query_pe, key_pe, attn_bias, reuse)
-    q = queries + query_pe
-    k = keys + key_pe
-    projected = _projections(transformer.final_attn_token_to_image, k, keys)
-    attention = _token_to_image(transformer.final_attn_token_to_image, q, *projected, None)
+        side = first_side if index == 0 else None
+        block_terms = None if terms is None else terms.blocks[index]
+        queries, keys = _block(layer, queries, keys, query_pe, key_pe, attn_bias, side, block_terms)
+    final = transformer.final_attn_token_to_image
+    k_proj = _keyed(final.k_proj, keys, key_pe, None if terms is None else terms.final)
+    v_proj = F.linear(keys, final.v_proj.weight, final.v_proj.bias)
+    attention = _token_to_image(final, queries + query_pe, k_proj, v_proj, None)
     return transformer.norm_final_attn(queries + attention), keys
 
 
-def _block(layer, queries, keys, query_pe, key_pe, attn_bias, reuse):
-    """``TwoWayAttentionBlock.forward``, with ``keys + key_pe`` formed once."""
+class PositionTerms(NamedTuple):
+    """The positional encoding's share of the image-side products, for many prompts.
+
+    ``P (keys + pe) + p`` is ``P keys + (P pe + p)``: with the bracket formed once
+    per call, each prompt's product accumulates onto it and the (hw, C) sum
+    ``keys + pe`` is never formed (a pass over 4 MiB costs about two thirds of one
+    of these products on a CPU whose memory is the limit).
+    """
+
+    blocks: list[tuple[torch.Tensor, torch.Tensor]]  # each block's (k, image-to-token q)
+    final: torch.Tensor  # the final token-to-image attention's k
+
+    @classmethod
+    def of(cls, transformer: TwoWayTransformer, key_pe: torch.Tensor) -> PositionTerms:
+        blocks = [
+            (
+                layer.cross_attn_token_to_image.k_proj(key_pe),
+                layer.cross_attn_image_to_token.q_proj(key_pe),
+            )
+            for layer in transformer.layers
+        ]
+        return cls(blocks, transformer.final_attn_token_to_image.k_proj(key_pe))
+
+
+def _keyed(projection: torch.nn.Linear, keys, key_pe, term) -> torch.Tensor:
+    """``projection(keys + key_pe)``, from its positional term when given."""
+    if term is None:
+        return projection(keys + key_pe)
+    return torch.addmm(term, keys, projection.weight.t())
+
+
+def image_side(layer: TwoWayAttentionBlock, keys: torch.Tensor, key_pe: torch.Tensor, terms=None):
+    """A block's products of the image tokens: token-to-image k and v, image-to-token q.
+
+    ``terms``: the block's pair of :class:`PositionTerms`, or None to form ``keys + key_pe``.
+    """
+    t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    v_proj = F.linear(keys, t2i.v_proj.weight, t2i.v_proj.bias)
+    if terms is None:
+        k = keys + key_pe  # SAM forms this sum twice; keys do not change in between
+        return F.linear(k, t2i.k_proj.weight, t2i.k_proj.bias), v_proj, i2t.q_proj(k)
+    return (
+        _keyed(t2i.k_proj, keys, key_pe, terms[0]),
+        v_proj,
+        _keyed(i2t.q_proj, keys, key_pe, terms[1]),
+    )
+
+
+def _block(layer, queries, keys, query_pe, key_pe, attn_bias, side, terms):
+    """``TwoWayAttentionBlock.forward``; ``side``: its :func:`image_side`, if known."""
     if layer.skip_first_layer_pe:
         queries = layer.self_attn(q=queries, k=queries, v=queries)
     else:
@@ -201,28 +311,15 @@ def _block(layer, queries, keys, query_pe, key_pe, attn_bias, reuse):
         queries = queries + layer.self_attn(q=q, k=q, v=queries)
     queries = layer.norm1(queries)
     q = queries + query_pe
-    if reuse:  # filled by an earlier prompt with the same keys
-        k_proj, v_proj, image_q = reuse["k"], reuse["v"], reuse["q"]
-    else:
-        k = keys + key_pe  # SAM forms this sum again below; keys do not change in between
-        k_proj, v_proj = _projections(layer.cross_attn_token_to_image, k, keys)
-        image_q = layer.cross_attn_image_to_token.q_proj(k)
-        if reuse is not None:
-            reuse.update(k=k_proj, v=v_proj, q=image_q)
+    if side is None:
+        side = image_side(layer, keys, key_pe, terms)
+    k_proj, v_proj, image_q = side
     attention = _token_to_image(layer.cross_attn_token_to_image, q, k_proj, v_proj, attn_bias)
     queries = layer.norm2(queries + attention)
     queries = layer.norm3(queries + layer.mlp(queries))
     q = queries + query_pe
-    update = _image_to_token(layer.cross_attn_image_to_token, image_q, q, queries)
-    return queries, layer.norm4(update.add_(keys))  # keys + update, into the fresh tensor
-
-
-def _projections(attention, k, v):
-    """The image side of a token-to-image attention: projected keys and values (hw, D)."""
-    return (
-        F.linear(k, attention.k_proj.weight, attention.k_proj.bias),
-        F.linear(v, attention.v_proj.weight, attention.v_proj.bias),
-    )
+    keys = _image_to_token(layer.cross_attn_image_to_token, image_q, q, queries, keys)
+    return queries, layer.norm4(keys)
 
 
 def _token_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -244,13 +341,16 @@ def _token_to_image(attention, q, k_proj, v_proj, attn_bias):
     return attention.out_proj(out)
 
 
-def _image_to_token(attention, image_q, k, v):
-    """Image tokens attend to the prompt tokens: (hw, C) from the projected queries.
+def _image_to_token(attention, image_q, k, v, residual):
+    """``residual`` plus the image tokens' attention to the prompt tokens, (hw, C).
 
     The scores are formed as (tokens, pixels) per head, so the softmax over the few
     tokens runs along contiguous pixels. The output projection is applied to each
     head's token values before mixing (a pixel's output is a mix of N projected
-    values per head): one product of (hw, heads N) weights with (heads N, C).
+    values per head): one product of (hw, heads N) weights with (heads N, C). Its
+    bias is folded into those values (each head's weights sum to 1, so adding
+    ``bias / heads`` to every value adds ``bias`` to the output), and the product
+    accumulates onto ``residual``: one pass over (hw, C) instead of three.
     """
     heads = attention.num_heads
     pixels, depth = image_q.shape
@@ -261,8 +361,9 @@ def _image_to_token(attention, image_q, k, v):
     weights = torch.softmax(scores, dim=-2)  # over the prompt tokens
     out_weight = attention.out_proj.weight  # (C, D)
     values = torch.matmul(vh, out_weight.t().reshape(heads, depth // heads, -1))  # (heads, N, C)
+    values = values.add_(attention.out_proj.bias / heads).reshape(-1, out_weight.shape[0])
     mix = weights.reshape(-1, pixels).t()  # (hw, heads N), read in place
-    return torch.addmm(attention.out_proj.bias, mix, values.reshape(-1, out_weight.shape[0]))
+    return torch.addmm(residual, mix, values)
 
 
 def upscale_and_predict(
@@ -284,15 +385,25 @@ def upscale_and_predict(
     height, width = grid
     # Cell (y, x) of a 2 x 2, stride-2 transposed convolution writes only output
     # pixels (2y + i, 2x + j): weight (in, out, i, j) as an (in, (i, j, out)) matrix.
-    x = torch.addmm(first.bias.repeat(4), keys, _as_matrix(first.weight))  # rows (y, x)
-    x = x.view(-1, first.out_channels)  # rows (y, x, i, j)
-    x = first_act(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-    x = torch.mm(x, _as_matrix(second.weight)).add_(second.bias.repeat(4))
-    x = second_act(x).view(-1, second.out_channels)  # rows (y, x, i, j, i2, j2)
-    masks = torch.mm(x, hyper_in.t())
-    # (y, x, i, j, i2, j2, m) -> (m, 4y + 2i + i2, 4x + 2j + j2)
-    masks = masks.view(height, width, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)
-    return masks.reshape(-1, 4 * height, 4 * width)
+    first_matrix, first_bias = _as_matrix(first.weight), first.bias.repeat(4)
+    second_matrix, second_bias = _as_matrix(second.weight), second.bias.repeat(4)
+    hyper_t = hyper_in.t()
+    masks = keys.new_empty(hyper_in.shape[0], 4 * height, 4 * width)
+    # A band of token rows at a time: its temporaries of 1-2 MiB stay in cache between
+    # the passes (product, norm, GELU, product, GELU, product) instead of the whole
+    # head's 4-8 MiB ones going through memory at each pass.
+    band = max(1, _BAND_TOKENS // width)
+    for top in range(0, height, band):
+        rows = min(band, height - top)
+        x = torch.addmm(first_bias, keys[top * width : (top + rows) * width], first_matrix)
+        x = x.view(-1, first.out_channels)  # rows (y, x, i, j)
+        x = first_act(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        x = second_act(torch.addmm(second_bias, x, second_matrix))
+        x = torch.mm(x.view(-1, second.out_channels), hyper_t)  # rows (y, x, i, j, i2, j2)
+        # (y, x, i, j, i2, j2, m) -> (m, 4y + 2i + i2, 4x + 2j + j2)
+        x = x.view(rows, width, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)
+        masks[:, 4 * top : 4 * (top + rows)].view(-1, rows, 2, 2, width, 2, 2).copy_(x)
+    return masks
 
 
 def _as_matrix(weight: torch.Tensor) -> torch.Tensor:
