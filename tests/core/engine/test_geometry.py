@@ -96,3 +96,34 @@ def test_masks_upscaled_around_the_object_equal_the_full_upscaling(shape):
         expected = (geometry.grid_to_image(logits) > 0).numpy()
         np.testing.assert_array_equal(geometry.mask_from_logits(logits, 0.0), expected)
     assert not geometry.mask_from_logits(torch.full((256, 256), -1.0)).any()
+
+
+@pytest.mark.parametrize("shape", [(1280, 1280), (600, 900), (77, 300), (3000, 2000)])
+def test_whether_a_mask_is_empty_is_told_without_forming_it(shape, monkeypatch):
+    geometry = SamGeometry(original_hw=shape)
+    generator = torch.Generator().manual_seed(sum(shape))
+    cases = [torch.full((256, 256), -1.0)]  # nothing above: empty
+    broad = torch.randn(256, 256, generator=generator) - 4
+    broad[5:15, 10:40] += 12  # a clear object, inside every image's part of the grid
+    cases.append(broad)
+    spike = torch.full((256, 256), -50.0)
+    spike[128, 7] = 0.01  # above in the grid, below everywhere once upscaled
+    cases.append(spike)
+    faint = torch.full((256, 256), -1.0)
+    faint[20:24, 30:34] = 1.2e-5  # barely above: the formed mask decides
+    cases.append(faint)
+    formed = []
+    original = SamGeometry.mask_from_logits
+
+    def counting(self, logits, threshold=0.0):
+        formed.append(1)
+        return original(self, logits, threshold)
+
+    monkeypatch.setattr(SamGeometry, "mask_from_logits", counting)
+    for index, logits in enumerate(cases):
+        formed.clear()
+        expected = bool((geometry.grid_to_image(logits) > 0).any())
+        assert geometry.mask_from_logits_any(logits, 0.0) == expected
+        # Empty grids and clear objects are told without forming the mask.
+        assert bool(formed) == (index >= 2), index
+    assert not bool((geometry.grid_to_image(spike) > 0).any())

@@ -18,6 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# Relative margin above the threshold past which an upscaled value computed here is
+# above it in torch's kernel too (the two differ by a few float32 roundings).
+_ROUNDING_MARGIN = 1e-4
+
 
 def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
     """Shape after resizing so the longest side is ``long_side`` (SAM's rounding)."""
@@ -206,6 +210,30 @@ class SamGeometry:
         upscaled = _apply(stage, row_plan.second, col_plan.second)
         mask[r0:r1, c0:c1] = upscaled > threshold
         return mask
+
+    def mask_from_logits_any(self, logits: torch.Tensor, threshold: float = 0.0) -> bool:
+        """``mask_from_logits(logits, threshold).any()``, mostly without forming the mask.
+
+        No logit above the threshold: empty (every upscaled value is a convex
+        combination of logits). Otherwise the few output pixels that sample the
+        highest logit are computed; one of them clearly above the threshold (by more
+        than float rounding could move it) answers True. Only when neither settles it
+        is the mask formed. PerSAM's cascade needs just this of its first mask.
+        """
+        values = logits.detach().float().cpu().numpy()
+        if not (values > threshold).any():
+            return False
+        row, col = np.unravel_index(int(np.argmax(values)), values.shape)
+        row_taps, col_taps = _upscaling_taps(self, values.shape[-2], values.shape[-1])
+        r0, r1, row_plan = row_taps.plan(int(row), int(row))
+        c0, c1, col_plan = col_taps.plan(int(col), int(col))
+        if r1 > r0 and c1 > c0:
+            crop = values[row_plan.grid_range, col_plan.grid_range]
+            stage = _apply(crop, row_plan.first, col_plan.first)
+            peak = float(_apply(stage, row_plan.second, col_plan.second).max())
+            if peak > threshold + _ROUNDING_MARGIN * max(1.0, abs(peak)):
+                return True
+        return bool(self.mask_from_logits(logits, threshold).any())
 
     # ------------------------------------------------------- prompts: (y, x) -> (x, y)
     def points_to_sam(self, points_yx: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.engine.concepts import Concept
 from napari_persam.core.engine.decoder import attention_bias, decode_masks
 from napari_persam.core.engine.embeddings import ImageEmbedding
+from napari_persam.core.engine.mask_prompts import factor_mask_prompt
 from napari_persam.core.engine.postprocess import remove_small_components, tight_box
 from napari_persam.core.engine.results import Segmentation
 
@@ -218,15 +219,20 @@ class Prompter:
             )
         masks = None if mask_inputs is None else mask_inputs[:, None]
         with torch.no_grad():
-            sparse, dense = self.sam.prompt_encoder(
+            encoder = self.sam.prompt_encoder
+            mask_prompt = None if masks is None else factor_mask_prompt(encoder, masks)
+            sparse, dense = encoder(
                 points=(
                     torch.as_tensor(coords, device=self.device),
                     torch.as_tensor(labels, device=self.device),
                 ),
                 boxes=box_tensor,
-                masks=masks,
+                masks=masks if mask_prompt is None else None,
             )
-            if masks is None:
+            if mask_prompt is not None:
+                # The decoder takes the mask inputs in low-rank form (mask_prompts).
+                dense = None
+            elif masks is None:
                 # Every prompt has the same dense embedding (SAM's "no mask"): one for
                 # all lets the decoder project the image once (see decode_masks).
                 dense = dense[:1]
@@ -236,6 +242,7 @@ class Prompter:
                 image_pe=self.dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
+                mask_prompt=mask_prompt,
                 multimask_output=multimask,
                 attn_bias=None if guidance is None else guidance.attn_bias,
                 target_embedding=None if guidance is None else guidance.target,
@@ -265,7 +272,12 @@ class Prompter:
         logits: list[torch.Tensor | None] = [None] * count
         scores = np.zeros(count)
         masks: list[np.ndarray | None] = [None] * count
+        present = [False] * count  # whether masks[i] has a pixel (or would have)
         boxes: list[np.ndarray | None] = [p.box for p in prompts]
+        threshold = float(self.sam.mask_threshold)
+        # Refinement needs of the first masks only whether they are empty: their
+        # logits are fed back, not the masks, so they are not formed.
+        form_first = self.config.refinement_steps == 0
 
         weights = guidance.mask_weights
         for group in self._groups(prompts, boxes, range(count)):
@@ -285,10 +297,14 @@ class Prompter:
             for row, index in enumerate(group):
                 logits[index] = mixed[row]
                 scores[index] = float(mixed_scores[row])
-                masks[index] = self.to_mask(embedding, mixed[row])
+                if form_first:
+                    masks[index] = self.to_mask(embedding, mixed[row])
+                    present[index] = bool(masks[index].any())
+                else:
+                    present[index] = embedding.geometry.mask_from_logits_any(mixed[row], threshold)
 
         for step in range(1, self.config.refinement_steps + 1):
-            alive = [i for i in range(count) if masks[i] is not None and masks[i].any()]
+            alive = [i for i in range(count) if present[i]]
             if step >= 2:
                 for i in alive:
                     boxes[i] = tight_box(masks[i])
@@ -309,6 +325,7 @@ class Prompter:
                     logits[index] = low[row, chosen]
                     scores[index] = float(iou[row, chosen])
                     masks[index] = self.to_mask(embedding, logits[index])
+                    present[index] = bool(masks[index].any())
 
         empty = np.zeros(embedding.geometry.original_hw, dtype=bool)
         results = []
