@@ -190,7 +190,7 @@ class _LowRankImage:
     tokens ``image + dense`` and each first-block product ``P (image + dense [+ pe]) + p``
     are a part shared by all prompts plus ``f (P W)^T``: (hw, r) x (r, D) per prompt
     instead of (hw, C) x (C, D). For a single prompt the shared part would cost as
-    much as the products it replaces (0.2x more CPU time per call, measured), so
+    much as the products it replaces (a fifth more CPU time per call, measured), so
     then only the image tokens are formed this way (the 1 x 1 convolution as a
     product) and the block projects them itself.
     """
