@@ -166,6 +166,51 @@ def test_a_failed_export_leaves_nothing_and_falls_back_once(tmp_path, tiny_sam, 
     assert leftovers == []
 
 
+def test_a_stuck_export_child_is_stopped_and_the_run_goes_on_with_torch(
+    tmp_path, tiny_sam, monkeypatch
+):
+    pytest.importorskip("openvino")
+    import subprocess
+    import sys
+
+    started, exported_here = [], []
+    real_popen = subprocess.Popen
+
+    def counting_popen(*args, **kwargs):
+        started.append(real_popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(export_child.subprocess, "Popen", counting_popen)
+    monkeypatch.setattr(
+        export_child,
+        "child_command",
+        lambda **kwargs: [sys.executable, "-c", "import time; time.sleep(120)"],
+    )
+    monkeypatch.setattr(export_child, "export_onnx", lambda *a, **k: exported_here.append(1))
+    monkeypatch.setattr(export_child, "EXPORT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(export_child, "POLL_S", 0.05)
+    # Both runtimes in "auto" (tests set none): the second must not wait for the same
+    # export again.
+    monkeypatch.setattr(encoder_runtime, "AUTO_ORDER", ("openvino", "onnxruntime"))
+    monkeypatch.setattr(encoder_runtime, "runtime_installed", lambda name: True)
+    with pytest.warns(RuntimeWarning, match="still running after 1 s and was stopped") as caught:
+        encoder = run(
+            iter_image_encoder(
+                tiny_sam,
+                backend="auto",
+                device=CPU,
+                model_name="tiny",
+                checkpoint_sha256=None,
+                root=tmp_path,
+            )
+        )
+    assert encoder is None  # PyTorch's own forward
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert len(started) == 1 and started[0].poll() is not None  # one child, killed
+    assert exported_here == []  # not retried inside this process either
+    assert [p for p in (tmp_path / "encoders").rglob("*") if p.is_file()] == []
+
+
 def test_a_missing_runtime_falls_back_with_one_warning(tiny_sam, monkeypatch):
     monkeypatch.setattr(encoder_runtime, "runtime_installed", lambda name: False)
     with pytest.warns(RuntimeWarning, match="openvino is not installed") as caught:

@@ -48,12 +48,20 @@ CHILD_MODULE = "napari_persam.core.models.export_child"
 POLL_S = 0.25
 #: The waiting message counts seconds in steps of this many (a new terminal bar each).
 _TELL_EVERY_S = 5
+#: A child still exporting after this long is stopped, and the run goes on with PyTorch.
+#: ViT-B takes half a minute of CPU time here and ViT-H a few; a child that is this
+#: late is stuck (a hung import, a starved machine), and waiting longer helps nobody.
+EXPORT_TIMEOUT_S = 30 * 60.0
 _CHILD_FOLDER = ".child"
 _REASON_CHARS = 600
 
 
 class ExportError(RuntimeError):
     """The encoder could not be exported (the caller falls back to PyTorch)."""
+
+
+class ExportTimedOut(ExportError):
+    """The export ran past :data:`EXPORT_TIMEOUT_S`: no other runtime should wait for it again."""
 
 
 class ChildUnusable(RuntimeError):
@@ -69,7 +77,9 @@ def iter_export(
     ``Progress(0, 1, ...)`` (``message``, then the seconds waited) every
     :data:`POLL_S` while the child works; closing the generator kills the child.
     Returns how it was exported, for the export's record. Raises
-    :class:`ExportError` when the export failed in both places.
+    :class:`ExportError` when the export failed in both places, or when the child
+    ran past :data:`EXPORT_TIMEOUT_S` (it is killed; exporting here instead would
+    stall the same way, inside the caller's process).
     """
     try:
         yield from _iter_export_in_child(
@@ -156,12 +166,20 @@ def _iter_export_in_child(
 def _iter_wait(
     process: subprocess.Popen, *, model_name: str, message: str
 ) -> Generator[Progress, None, None]:
+    """Until ``process`` ends; :class:`ExportError` past :data:`EXPORT_TIMEOUT_S`
+    (the caller's ``finally`` kills it)."""
     start = time.monotonic()
     shown = message
     while process.poll() is None:
         yield Progress(0, 1, shown)
         time.sleep(POLL_S)
-        waited = int(time.monotonic() - start) // _TELL_EVERY_S * _TELL_EVERY_S
+        elapsed = time.monotonic() - start
+        if elapsed > EXPORT_TIMEOUT_S and process.poll() is None:
+            raise ExportTimedOut(
+                f"the export of the {model_name} image encoder was still running after "
+                f"{EXPORT_TIMEOUT_S:.0f} s and was stopped"
+            )
+        waited = int(elapsed) // _TELL_EVERY_S * _TELL_EVERY_S
         if waited:
             shown = f"exporting the {model_name} image encoder (once per checkpoint): {waited} s"
 
