@@ -153,8 +153,12 @@ def predict_masks(
         # image-side projections are the same for every prompt: formed once.
         shared_keys = _token_major(image_embeddings[0] + dense_prompt_embeddings[0])
         shared_side = image_side(first, shared_keys, key_pe)
-    # Forming the positional terms costs three of the products they save a pass for.
-    terms = PositionTerms.of(decoder.transformer, key_pe) if count >= _TERMS_FROM else None
+    # Forming the positional terms costs three of the products they save a pass for;
+    # the first block's are not needed when its image side is already shared.
+    first_known = shared_side is not None or (low_rank is not None and bool(low_rank.shared))
+    terms = None
+    if count >= _TERMS_FROM:
+        terms = PositionTerms.of(decoder.transformer, key_pe, skip_first=first_known)
     indices = range(decoder.num_mask_tokens)[chosen]
     masks, ious = [], []
     for b in range(count):  # one prompt at a time: its image tokens stay in cache
@@ -279,17 +283,22 @@ class PositionTerms(NamedTuple):
     of these products on a CPU whose memory is the limit).
     """
 
-    blocks: list[tuple[torch.Tensor, torch.Tensor]]  # each block's (k, image-to-token q)
+    blocks: list[tuple[torch.Tensor, torch.Tensor] | None]  # each block's (k, i2t q)
     final: torch.Tensor  # the final token-to-image attention's k
 
     @classmethod
-    def of(cls, transformer: TwoWayTransformer, key_pe: torch.Tensor) -> PositionTerms:
-        blocks = [
-            (
+    def of(
+        cls, transformer: TwoWayTransformer, key_pe: torch.Tensor, *, skip_first: bool
+    ) -> PositionTerms:
+        """``skip_first``: the first block's image side is given, its terms left None."""
+        blocks: list[tuple[torch.Tensor, torch.Tensor] | None] = [
+            None
+            if index == 0 and skip_first
+            else (
                 layer.cross_attn_token_to_image.k_proj(key_pe),
                 layer.cross_attn_image_to_token.q_proj(key_pe),
             )
-            for layer in transformer.layers
+            for index, layer in enumerate(transformer.layers)
         ]
         return cls(blocks, transformer.final_attn_token_to_image.k_proj(key_pe))
 
@@ -311,10 +320,11 @@ def image_side(layer: TwoWayAttentionBlock, keys: torch.Tensor, key_pe: torch.Te
     if terms is None:
         k = keys + key_pe  # SAM forms this sum twice; keys do not change in between
         return F.linear(k, t2i.k_proj.weight, t2i.k_proj.bias), v_proj, i2t.q_proj(k)
+    k_term, q_term = terms
     return (
-        _keyed(t2i.k_proj, keys, key_pe, terms[0]),
+        torch.addmm(k_term, keys, t2i.k_proj.weight.t()),
         v_proj,
-        _keyed(i2t.q_proj, keys, key_pe, terms[1]),
+        torch.addmm(q_term, keys, i2t.q_proj.weight.t()),
     )
 
 
