@@ -256,6 +256,10 @@ class Prompter:
         """
         return embedding.geometry.mask_from_logits(logits, float(self.sam.mask_threshold))
 
+    def has_mask(self, embedding: ImageEmbedding, logits: torch.Tensor) -> bool:
+        """``to_mask(embedding, logits).any()``, mostly without forming the mask."""
+        return embedding.geometry.mask_from_logits_any(logits, float(self.sam.mask_threshold))
+
     # ------------------------------------------------------------ cascade
     def cascade(
         self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], guidance: Guidance
@@ -274,7 +278,6 @@ class Prompter:
         masks: list[np.ndarray | None] = [None] * count
         present = [False] * count  # whether masks[i] has a pixel (or would have)
         boxes: list[np.ndarray | None] = [p.box for p in prompts]
-        threshold = float(self.sam.mask_threshold)
         # Refinement needs of the first masks only whether they are empty: their
         # logits are fed back, not the masks, so they are not formed.
         form_first = self.config.refinement_steps == 0
@@ -301,7 +304,7 @@ class Prompter:
                     masks[index] = self.to_mask(embedding, mixed[row])
                     present[index] = bool(masks[index].any())
                 else:
-                    present[index] = embedding.geometry.mask_from_logits_any(mixed[row], threshold)
+                    present[index] = self.has_mask(embedding, mixed[row])
 
         for step in range(1, self.config.refinement_steps + 1):
             alive = [i for i in range(count) if present[i]]
