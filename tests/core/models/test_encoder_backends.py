@@ -138,6 +138,24 @@ def test_corrupt_or_stale_export_is_made_again(tmp_path, tiny_sam, monkeypatch):
     assert messages == [] and len(exports) == 4
 
 
+def _falls_back_once_leaving_nothing(sam, root, *, backend, match):
+    """The engine's encoder is PyTorch's own, after one warning, and the cache holds no file."""
+    with pytest.warns(RuntimeWarning, match=match) as caught:
+        encoder = run(
+            iter_image_encoder(
+                sam,
+                backend=backend,
+                device=CPU,
+                model_name="tiny",
+                checkpoint_sha256=None,
+                root=root,
+            )
+        )
+    assert encoder is None  # PyTorch's own forward
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert [p for p in (root / "encoders").rglob("*") if p.is_file()] == []
+
+
 def test_a_failed_export_leaves_nothing_and_falls_back_once(tmp_path, tiny_sam, monkeypatch):
     pytest.importorskip("openvino")
 
@@ -149,21 +167,9 @@ def test_a_failed_export_leaves_nothing_and_falls_back_once(tmp_path, tiny_sam, 
 
     monkeypatch.setattr(export_child, "export_onnx", broken)
     monkeypatch.setattr(export_child, "child_command", no_child)
-    with pytest.warns(RuntimeWarning, match="no luck .*no child in this test") as caught:
-        encoder = run(
-            iter_image_encoder(
-                tiny_sam,
-                backend="openvino",
-                device=CPU,
-                model_name="tiny",
-                checkpoint_sha256=None,
-                root=tmp_path,
-            )
-        )
-    assert encoder is None  # PyTorch's own forward
-    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
-    leftovers = [p for p in (tmp_path / "encoders").rglob("*") if p.is_file()]
-    assert leftovers == []
+    _falls_back_once_leaving_nothing(
+        tiny_sam, tmp_path, backend="openvino", match="no luck .*no child in this test"
+    )
 
 
 def test_a_stuck_export_child_is_stopped_and_the_run_goes_on_with_torch(
@@ -193,22 +199,11 @@ def test_a_stuck_export_child_is_stopped_and_the_run_goes_on_with_torch(
     # export again.
     monkeypatch.setattr(encoder_runtime, "AUTO_ORDER", ("openvino", "onnxruntime"))
     monkeypatch.setattr(encoder_runtime, "runtime_installed", lambda name: True)
-    with pytest.warns(RuntimeWarning, match="still running after 1 s and was stopped") as caught:
-        encoder = run(
-            iter_image_encoder(
-                tiny_sam,
-                backend="auto",
-                device=CPU,
-                model_name="tiny",
-                checkpoint_sha256=None,
-                root=tmp_path,
-            )
-        )
-    assert encoder is None  # PyTorch's own forward
-    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    _falls_back_once_leaving_nothing(
+        tiny_sam, tmp_path, backend="auto", match="still running after 1 s and was stopped"
+    )
     assert len(started) == 1 and started[0].poll() is not None  # one child, killed
     assert exported_here == []  # not retried inside this process either
-    assert [p for p in (tmp_path / "encoders").rglob("*") if p.is_file()] == []
 
 
 def test_a_missing_runtime_falls_back_with_one_warning(tiny_sam, monkeypatch):
