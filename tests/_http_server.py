@@ -57,11 +57,17 @@ class LoopbackServer:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(announced))
                 self.end_headers()
-                for start in range(0, len(body), _CHUNK):
-                    self.wfile.write(body[start : start + _CHUNK])
-                    self.wfile.flush()
-                    if server.chunk_delay:
-                        time.sleep(server.chunk_delay)
+                try:
+                    for start in range(0, len(body), _CHUNK):
+                        self.wfile.write(body[start : start + _CHUNK])
+                        self.wfile.flush()
+                        if server.chunk_delay:
+                            time.sleep(server.chunk_delay)
+                except (BrokenPipeError, ConnectionResetError):
+                    # A client that hung up on purpose (the cancellation tests): no
+                    # traceback from socketserver in the test output.
+                    self.close_connection = True
+                    return
                 if server.mode == "cut":
                     self.close_connection = True
 
