@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from napari_persam.core.engine.geometry import SamGeometry, resized_shape
+from napari_persam.core.engine.postprocess import tight_box
 
 
 def test_resized_shape_follows_sams_rounding():
@@ -127,3 +128,41 @@ def test_whether_a_mask_is_empty_is_told_without_forming_it(shape, monkeypatch):
         # Empty grids and clear objects are told without forming the mask.
         assert bool(formed) == (index >= 2), index
     assert not bool((geometry.grid_to_image(spike) > 0).any())
+
+
+@pytest.mark.parametrize("shape", [(1280, 1280), (600, 900), (77, 300), (3000, 2000)])
+def test_a_masks_box_is_found_without_forming_the_mask(shape, monkeypatch):
+    geometry = SamGeometry(original_hw=shape)
+    generator = torch.Generator().manual_seed(sum(shape))
+    cases = [torch.full((256, 256), -1.0)]  # empty
+    for trial in range(8):
+        logits = torch.randn(256, 256, generator=generator) * 0.5 - 6
+        y, x = (int(v) for v in torch.randint(0, 230, (2,), generator=generator))
+        logits[y : y + 1 + 5 * trial, x : x + 3 + 4 * trial] += 9
+        if trial >= 6:
+            logits += 7  # most of the image (the formed mask takes torch's kernel)
+        cases.append(logits)
+    spike = torch.full((256, 256), -50.0)
+    spike[128, 7] = 0.01  # above in the grid, below everywhere once upscaled
+    cases.append(spike)
+    faint = torch.full((256, 256), -1.0)
+    faint[20:24, 30:34] = 1.2e-5  # barely above: the formed mask decides
+    cases.append(faint)
+    formed = []
+    original = SamGeometry.mask_from_logits
+
+    def counting(self, logits, threshold=0.0):
+        formed.append(1)
+        return original(self, logits, threshold)
+
+    monkeypatch.setattr(SamGeometry, "mask_from_logits", counting)
+    for index, logits in enumerate(cases):
+        formed.clear()
+        expected = tight_box((geometry.grid_to_image(logits) > 0).numpy())
+        got = geometry.box_from_logits(logits, 0.0)
+        if expected is None:
+            assert got is None, index
+        else:
+            np.testing.assert_array_equal(got, expected)
+        # Only a value within float rounding of the threshold has the mask formed.
+        assert bool(formed) == (logits is faint), index

@@ -10,7 +10,6 @@ padding instead).
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -18,9 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Relative margin above the threshold past which an upscaled value computed here is
-# above it in torch's kernel too (the two differ by a few float32 roundings).
-_ROUNDING_MARGIN = 1e-4
+from napari_persam.core.engine.upscaling import (
+    AxisTaps,
+    EdgeScan,
+    TooClose,
+    rounding_margin,
+    upscale,
+    upscaling_taps,
+)
 
 
 def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
@@ -196,7 +200,7 @@ class SamGeometry:
         if rows.size == 0:
             return mask
         cols = np.flatnonzero(above.any(axis=0))
-        row_taps, col_taps = _upscaling_taps(self, values.shape[-2], values.shape[-1])
+        row_taps, col_taps = self._taps(values.shape)
         r0, r1, row_plan = row_taps.plan(int(rows[0]), int(rows[-1]))
         c0, c1, col_plan = col_taps.plan(int(cols[0]), int(cols[-1]))
         if r1 <= r0 or c1 <= c0:
@@ -206,8 +210,8 @@ class SamGeometry:
             return (self.grid_to_image(logits.detach().float().cpu()) > threshold).numpy()
         crop = values[row_plan.grid_range, col_plan.grid_range]
         # SAM's frame (stage 1), then the image (stage 2); columns first, as torch.
-        stage = _apply(crop, row_plan.first, col_plan.first)
-        upscaled = _apply(stage, row_plan.second, col_plan.second)
+        stage = upscale(crop, row_plan.first, col_plan.first)
+        upscaled = upscale(stage, row_plan.second, col_plan.second)
         mask[r0:r1, c0:c1] = upscaled > threshold
         return mask
 
@@ -224,16 +228,63 @@ class SamGeometry:
         if not (values > threshold).any():
             return False
         row, col = np.unravel_index(int(np.argmax(values)), values.shape)
-        row_taps, col_taps = _upscaling_taps(self, values.shape[-2], values.shape[-1])
+        row_taps, col_taps = self._taps(values.shape)
         r0, r1, row_plan = row_taps.plan(int(row), int(row))
         c0, c1, col_plan = col_taps.plan(int(col), int(col))
         if r1 > r0 and c1 > c0:
             crop = values[row_plan.grid_range, col_plan.grid_range]
-            stage = _apply(crop, row_plan.first, col_plan.first)
-            peak = float(_apply(stage, row_plan.second, col_plan.second).max())
-            if peak > threshold + _ROUNDING_MARGIN * max(1.0, abs(peak)):
+            stage = upscale(crop, row_plan.first, col_plan.first)
+            peak = float(upscale(stage, row_plan.second, col_plan.second).max())
+            if peak > threshold + rounding_margin(crop):
                 return True
         return bool(self.mask_from_logits(logits, threshold).any())
+
+    def box_from_logits(self, logits: torch.Tensor, threshold: float = 0.0) -> np.ndarray | None:
+        """The tight box (y0, x0, y1, x1) of ``mask_from_logits(logits, threshold)``, or None.
+
+        The cascade needs only the box of its intermediate masks. Image rows are
+        computed inward from both ends of the rows the logits reach, a band at a
+        time, until one holds a pixel above the threshold; then columns, within
+        those rows. A deciding value nearer the threshold than float rounding (these
+        taps against torch's kernel) has the mask formed instead, so the box is
+        always the formed mask's.
+        """
+        values = logits.detach().float().cpu().numpy()
+        above = values > threshold
+        rows = np.flatnonzero(above.any(axis=1))
+        if rows.size == 0:
+            return None
+        cols = np.flatnonzero(above.any(axis=0))
+        row_taps, col_taps = self._taps(values.shape)
+        r0, r1, _ = row_taps.plan(int(rows[0]), int(rows[-1]))
+        c0, c1, _ = col_taps.plan(int(cols[0]), int(cols[-1]))
+        if r1 <= r0 or c1 <= c0:
+            return None
+        scan = EdgeScan(values, row_taps, col_taps, threshold)
+        try:
+            top = scan.first(r0, r1, (c0, c1), rows=True, forward=True)
+            if top is None:
+                return None
+            bottom = scan.first(r0, r1, (c0, c1), rows=True, forward=False)
+            left = scan.first(c0, c1, (top, bottom + 1), rows=False, forward=True)
+            right = scan.first(c0, c1, (top, bottom + 1), rows=False, forward=False)
+        except TooClose:
+            mask = self.mask_from_logits(logits, threshold)
+            found_rows = np.flatnonzero(mask.any(axis=1))
+            if found_rows.size == 0:
+                return None
+            found_cols = np.flatnonzero(mask.any(axis=0))
+            top, bottom = found_rows[0], found_rows[-1]
+            left, right = found_cols[0], found_cols[-1]
+        return np.array([top, left, bottom, right], dtype=np.float64)
+
+    def _taps(self, logits_hw: tuple[int, ...]) -> tuple[AxisTaps, AxisTaps]:
+        return upscaling_taps(
+            (int(logits_hw[-2]), int(logits_hw[-1])),
+            self.img_size,
+            self.resized_hw,
+            self.original_hw,
+        )
 
     # ------------------------------------------------------- prompts: (y, x) -> (x, y)
     def points_to_sam(self, points_yx: np.ndarray) -> np.ndarray:
@@ -261,89 +312,3 @@ class SamGeometry:
         box = np.asarray(box_yxyx, dtype=np.float64)
         corners = np.stack([box[..., 0:2], box[..., 2:4]], axis=-2)  # (..., 2, 2) yx
         return self.points_to_sam(corners).reshape(*box.shape[:-1], 4)
-
-
-# ------------------------------------------------------------ cropped upscaling
-@dataclass(frozen=True)
-class _Taps:
-    """One axis of ``F.interpolate(mode="bilinear", align_corners=False)``'s sampling."""
-
-    low: np.ndarray  # (out,) int64 first source index
-    high: np.ndarray  # (out,) int64 second source index
-    weight_low: np.ndarray  # (out,) float32
-    weight_high: np.ndarray  # (out,) float32
-
-    @classmethod
-    def of(cls, in_size: int, out_size: int) -> _Taps:
-        # torch's source index, max(scale (dst + 0.5) - 0.5, 0), in float32 as torch.
-        scale = np.float32(in_size) / np.float32(out_size)
-        source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale
-        source = np.maximum(source - np.float32(0.5), np.float32(0.0))
-        low = np.minimum(source.astype(np.int64), in_size - 1)
-        weight_high = np.clip(source - low.astype(np.float32), 0.0, 1.0).astype(np.float32)
-        high = np.where(low < in_size - 1, low + 1, low)
-        return cls(low, high, (np.float32(1.0) - weight_high).astype(np.float32), weight_high)
-
-    def take(self, start: int, stop: int, base: int) -> _Taps:
-        """Outputs ``start:stop``, with source indices relative to ``base``."""
-        return _Taps(
-            self.low[start:stop] - base,
-            self.high[start:stop] - base,
-            self.weight_low[start:stop],
-            self.weight_high[start:stop],
-        )
-
-
-@dataclass(frozen=True)
-class _Plan:
-    grid_range: slice
-    first: _Taps
-    second: _Taps
-
-
-@dataclass(frozen=True)
-class _AxisTaps:
-    """Both upscaling stages along one axis: grid -> SAM's frame (cropped) -> image."""
-
-    first: _Taps  # grid -> the resized image inside SAM's frame
-    second: _Taps  # resized image -> original pixels
-
-    def plan(self, lowest: int, highest: int) -> tuple[int, int, _Plan]:
-        """Output range that depends on grid indices ``lowest..highest``, and its taps."""
-        reach_low = self.first.low[self.second.low]  # lowest grid index of each output
-        reach_high = self.first.high[self.second.high]
-        inside = np.flatnonzero((reach_high >= lowest) & (reach_low <= highest))
-        if inside.size == 0:
-            return 0, 0, _Plan(slice(0, 0), self.first, self.second)
-        out0, out1 = int(inside[0]), int(inside[-1]) + 1
-        mid0 = int(self.second.low[out0:out1].min())
-        mid1 = int(self.second.high[out0:out1].max()) + 1
-        grid0 = int(self.first.low[mid0:mid1].min())
-        grid1 = int(self.first.high[mid0:mid1].max()) + 1
-        return (
-            out0,
-            out1,
-            _Plan(
-                slice(grid0, grid1),
-                self.first.take(mid0, mid1, grid0),
-                self.second.take(out0, out1, mid0),
-            ),
-        )
-
-
-@functools.lru_cache(maxsize=16)
-def _upscaling_taps(geometry: SamGeometry, grid_h: int, grid_w: int) -> tuple[_AxisTaps, _AxisTaps]:
-    size = geometry.img_size
-    rh, rw = geometry.resized_hw
-    height, width = geometry.original_hw
-    rows = _AxisTaps(_Taps.of(grid_h, size).take(0, rh, 0), _Taps.of(rh, height))
-    cols = _AxisTaps(_Taps.of(grid_w, size).take(0, rw, 0), _Taps.of(rw, width))
-    return rows, cols
-
-
-def _apply(values: np.ndarray, rows: _Taps, cols: _Taps) -> np.ndarray:
-    """Bilinear sampling of a 2D tensor at the given taps, along columns then rows."""
-    across = values[:, cols.low] * cols.weight_low + values[:, cols.high] * cols.weight_high
-    return (
-        across[rows.low] * rows.weight_low[:, None] + across[rows.high] * rows.weight_high[:, None]
-    )

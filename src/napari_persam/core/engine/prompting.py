@@ -22,7 +22,7 @@ from napari_persam.core.engine.concepts import Concept
 from napari_persam.core.engine.decoder import attention_bias, decode_masks
 from napari_persam.core.engine.embeddings import ImageEmbedding
 from napari_persam.core.engine.mask_prompts import factor_mask_prompt
-from napari_persam.core.engine.postprocess import remove_small_components, tight_box
+from napari_persam.core.engine.postprocess import remove_small_components
 from napari_persam.core.engine.results import Segmentation
 
 
@@ -260,6 +260,10 @@ class Prompter:
         """``to_mask(embedding, logits).any()``, mostly without forming the mask."""
         return embedding.geometry.mask_from_logits_any(logits, float(self.sam.mask_threshold))
 
+    def box_of(self, embedding: ImageEmbedding, logits: torch.Tensor) -> np.ndarray | None:
+        """``tight_box(to_mask(embedding, logits))``, mostly without forming the mask."""
+        return embedding.geometry.box_from_logits(logits, float(self.sam.mask_threshold))
+
     # ------------------------------------------------------------ cascade
     def cascade(
         self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], guidance: Guidance
@@ -278,9 +282,11 @@ class Prompter:
         masks: list[np.ndarray | None] = [None] * count
         present = [False] * count  # whether masks[i] has a pixel (or would have)
         boxes: list[np.ndarray | None] = [p.box for p in prompts]
-        # Refinement needs of the first masks only whether they are empty: their
-        # logits are fed back, not the masks, so they are not formed.
-        form_first = self.config.refinement_steps == 0
+        # Only the last step's masks are formed. Refinement needs of the earlier ones
+        # only whether they are empty (their logits are fed back) and their box.
+        last = self.config.refinement_steps
+        next_boxes: list[np.ndarray | None] = [None] * count
+        form_first = last == 0
 
         weights = guidance.mask_weights
         for group in self._groups(prompts, boxes, range(count)):
@@ -306,11 +312,11 @@ class Prompter:
                 else:
                     present[index] = self.has_mask(embedding, mixed[row])
 
-        for step in range(1, self.config.refinement_steps + 1):
+        for step in range(1, last + 1):
             alive = [i for i in range(count) if present[i]]
             if step >= 2:
                 for i in alive:
-                    boxes[i] = tight_box(masks[i])
+                    boxes[i] = next_boxes[i]
             for i in set(range(count)) - set(alive):
                 masks[i] = None
             for group in self._groups(prompts, boxes, alive):
@@ -327,8 +333,12 @@ class Prompter:
                     chosen = int(best[row])
                     logits[index] = low[row, chosen]
                     scores[index] = float(iou[row, chosen])
-                    masks[index] = self.to_mask(embedding, logits[index])
-                    present[index] = bool(masks[index].any())
+                    if step == last:
+                        masks[index] = self.to_mask(embedding, logits[index])
+                        present[index] = bool(masks[index].any())
+                    else:
+                        next_boxes[index] = self.box_of(embedding, logits[index])
+                        present[index] = next_boxes[index] is not None
 
         empty = np.zeros(embedding.geometry.original_hw, dtype=bool)
         results = []
