@@ -14,6 +14,8 @@ from napari_persam.core.engine.embeddings import EmbeddingCache, encode_image
 from napari_persam.core.engine.persam import PerSAM
 from napari_persam.core.models import encoder_export, encoder_runtime, export_child
 from napari_persam.core.models.encoder_export import (
+    EXPORT_FORMAT,
+    FAILURE_SUFFIX,
     MODEL_FILE,
     RECORD_FILE,
     iter_exported_encoder,
@@ -138,8 +140,8 @@ def test_corrupt_or_stale_export_is_made_again(tmp_path, tiny_sam, monkeypatch):
     assert messages == [] and len(exports) == 4
 
 
-def _falls_back_once_leaving_nothing(sam, root, *, backend, match):
-    """The engine's encoder is PyTorch's own, after one warning, and the cache holds no file."""
+def _falls_back_once(sam, root, *, backend, match):
+    """The engine's encoder is PyTorch's own, after one warning matching ``match``."""
     with pytest.warns(RuntimeWarning, match=match) as caught:
         encoder = run(
             iter_image_encoder(
@@ -153,13 +155,24 @@ def _falls_back_once_leaving_nothing(sam, root, *, backend, match):
         )
     assert encoder is None  # PyTorch's own forward
     assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
-    assert [p for p in (root / "encoders").rglob("*") if p.is_file()] == []
 
 
-def test_a_failed_export_leaves_nothing_and_falls_back_once(tmp_path, tiny_sam, monkeypatch):
+def _falls_back_once_leaving_a_failure_record(sam, root, *, backend, match):
+    """One warning, PyTorch, and the cache holds only the record of the failed export."""
+    _falls_back_once(sam, root, backend=backend, match=match)
+    left = [p for p in (root / "encoders").rglob("*") if p.is_file()]
+    assert [p.name for p in left] == [f"tiny-256px-v{EXPORT_FORMAT}{FAILURE_SUFFIX}"]
+    return left[0]
+
+
+def test_a_failed_export_leaves_its_record_and_is_not_tried_again_by_the_same_software(
+    tmp_path, tiny_sam, monkeypatch
+):
     pytest.importorskip("openvino")
+    attempts = []
 
     def broken(*args, **kwargs):
+        attempts.append(1)
         raise encoder_export.ExportError("no luck")
 
     def no_child(**kwargs):
@@ -167,9 +180,40 @@ def test_a_failed_export_leaves_nothing_and_falls_back_once(tmp_path, tiny_sam, 
 
     monkeypatch.setattr(export_child, "export_onnx", broken)
     monkeypatch.setattr(export_child, "child_command", no_child)
-    _falls_back_once_leaving_nothing(
+    record = _falls_back_once_leaving_a_failure_record(
         tiny_sam, tmp_path, backend="openvino", match="no luck .*no child in this test"
     )
+    assert "no luck" in json.loads(record.read_text())["reason"]
+    # The next run falls back at once, saying why and how to try again.
+    _falls_back_once(
+        tiny_sam, tmp_path, backend="openvino", match=r"not tried again .*delete .*failed\.json"
+    )
+    assert len(attempts) == 1
+    # Other software (an update) tries again.
+    real = encoder_export._software()
+    monkeypatch.setattr(encoder_export, "_software", lambda: {**real, "torch": "9.9"})
+    _falls_back_once_leaving_a_failure_record(
+        tiny_sam, tmp_path, backend="openvino", match="no luck"
+    )
+    assert len(attempts) == 2
+
+
+def test_an_export_failing_for_the_file_system_is_not_recorded(tmp_path, tiny_sam, monkeypatch):
+    pytest.importorskip("openvino")
+
+    def full_disk(*args, **kwargs):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as error:
+            raise encoder_export.ExportFailed(f"OSError: {error}") from error
+
+    def no_child(**kwargs):
+        raise export_child.ChildUnusable("no child in this test")
+
+    monkeypatch.setattr(export_child, "export_onnx", full_disk)
+    monkeypatch.setattr(export_child, "child_command", no_child)
+    _falls_back_once(tiny_sam, tmp_path, backend="openvino", match="No space left")
+    assert [p for p in (tmp_path / "encoders").rglob("*") if p.is_file()] == []
 
 
 def test_a_stuck_export_child_is_stopped_and_the_run_goes_on_with_torch(
@@ -199,11 +243,14 @@ def test_a_stuck_export_child_is_stopped_and_the_run_goes_on_with_torch(
     # export again.
     monkeypatch.setattr(encoder_runtime, "AUTO_ORDER", ("openvino", "onnxruntime"))
     monkeypatch.setattr(encoder_runtime, "runtime_installed", lambda name: True)
-    _falls_back_once_leaving_nothing(
+    _falls_back_once_leaving_a_failure_record(
         tiny_sam, tmp_path, backend="auto", match="still running after 1 s and was stopped"
     )
     assert len(started) == 1 and started[0].poll() is not None  # one child, killed
     assert exported_here == []  # not retried inside this process either
+    # Nor in the next run: it would stall for as long again.
+    _falls_back_once(tiny_sam, tmp_path, backend="auto", match="still running .*not tried again")
+    assert len(started) == 1 and exported_here == []
 
 
 def test_a_missing_runtime_falls_back_with_one_warning(tiny_sam, monkeypatch):

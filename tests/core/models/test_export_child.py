@@ -16,6 +16,7 @@ from napari_persam.core.models.encoder_export import (
     RECORD_FILE,
     ExportError,
     export_folder,
+    failure_record,
     iter_exported_encoder,
     weights_id,
 )
@@ -192,7 +193,9 @@ def test_a_child_that_fails_gives_way_to_an_export_here(tmp_path, tiny_sam, pope
     assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, RECORD_FILE])
 
 
-def test_failing_in_both_places_says_both_and_leaves_nothing(tmp_path, tiny_sam, monkeypatch):
+def test_failing_in_both_places_says_both_and_leaves_only_its_record(
+    tmp_path, tiny_sam, monkeypatch
+):
     def broken(encoder, *, img_size, path):
         path.write_bytes(b"half")
         raise ExportError("the exporter broke here")
@@ -201,7 +204,9 @@ def test_failing_in_both_places_says_both_and_leaves_nothing(tmp_path, tiny_sam,
     _child_runs(monkeypatch, "import sys; sys.stderr.write('and there\\n'); sys.exit(3)")
     with pytest.raises(ExportError, match=r"broke here .*status 3: and there"):
         run(_export(tiny_sam.image_encoder, tmp_path))
-    assert [p for p in (tmp_path / "encoders").rglob("*") if p.is_file()] == []
+    left = [p for p in (tmp_path / "encoders").rglob("*") if p.is_file()]
+    folder = export_folder(model_name="tiny", img_size=256, weights="w", root=tmp_path)
+    assert left == [failure_record(folder)]  # no half-written export under any name
 
 
 def test_a_child_that_cannot_start_gives_way_too(tmp_path, tiny_sam, monkeypatch):

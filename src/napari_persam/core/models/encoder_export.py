@@ -16,6 +16,14 @@ killed export leaves nothing under a final name. Every use re-hashes the files
 against the record: a corrupt or stale export
 (another format version, a file changed or missing) is deleted and made again.
 
+An export that fails (the exporter raised, or was stopped after
+:data:`~.export_child.EXPORT_TIMEOUT_S`) leaves ``<model>-<img_size>px-v<format>.failed.json``
+beside where it would have been: what failed, when, and the software that failed. The
+next run with the same software falls back to PyTorch at once instead of failing the
+same way again (a stuck export would cost every run half an hour); newer software, or
+deleting the file, tries again. A failure from the file system (a full disk) is not
+recorded: it says nothing about the next try.
+
 The export itself runs in a short-lived child process (:mod:`.export_child`):
 importing the exporter's onnx holds Python's GIL for 1.3 s in ml_dtypes'
 initialisation, which froze napari's window when the widget exported in a
@@ -35,7 +43,12 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_persam.core.models.export_child import ONNX_OPSET, ExportError, iter_export
+from napari_persam.core.models.export_child import (
+    ONNX_OPSET,
+    ExportError,
+    ExportFailed,
+    iter_export,
+)
 from napari_persam.core.paths import encoders_dir
 from napari_persam.core.progress import Progress
 
@@ -46,6 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
 EXPORT_FORMAT = 1
 MODEL_FILE = "encoder.onnx"
 RECORD_FILE = "record.json"
+FAILURE_SUFFIX = ".failed.json"
 _INCOMING = ".incoming"
 _HASH_CHUNK = 8 << 20
 # Leftovers of killed exports are removed after this long (an export takes minutes).
@@ -114,7 +128,8 @@ def iter_exported_encoder(
     Raises
     ------
     ExportError
-        If exporting failed; nothing is left behind.
+        If exporting failed (nothing is left behind but its failure record), or failed
+        before with the same software (:func:`earlier_failure`).
     """
     folder = export_folder(model_name=model_name, img_size=img_size, weights=weights, root=root)
     expected = {"format": EXPORT_FORMAT, "model": model_name, "img_size": int(img_size)}
@@ -123,6 +138,9 @@ def iter_exported_encoder(
         return folder / MODEL_FILE
     if folder.exists():  # corrupt, stale or unfinished by another version: made again
         shutil.rmtree(folder, ignore_errors=True)
+    earlier = earlier_failure(folder)
+    if earlier is not None:
+        raise ExportFailed(earlier)
     message = (
         f"exporting the {model_name} image encoder for the fast CPU backend "
         "(once per checkpoint; about a minute for ViT-B)"
@@ -135,13 +153,18 @@ def iter_exported_encoder(
     work = incoming / f"{folder.name}-{uuid.uuid4().hex}"
     work.mkdir()
     try:
-        how = yield from iter_export(
-            encoder,
-            model_name=model_name,
-            img_size=img_size,
-            path=work / MODEL_FILE,
-            message=message,
-        )
+        try:
+            how = yield from iter_export(
+                encoder,
+                model_name=model_name,
+                img_size=img_size,
+                path=work / MODEL_FILE,
+                message=message,
+            )
+        except ExportFailed as error:
+            if not _from_file_system(error):
+                _record_failure(folder, error)
+            raise
         checked = dict(check(work / MODEL_FILE)) if check is not None else {}
         record = {
             **expected,
@@ -186,6 +209,72 @@ def verify_export(folder: Path, expected: dict[str, Any]) -> bool:
     if present != set(files):
         return False
     return all(_sha256(folder / name) == digest for name, digest in files.items())
+
+
+def failure_record(folder: Path) -> Path:
+    """The file recording that the export meant for ``folder`` failed."""
+    return folder.with_name(folder.name + FAILURE_SUFFIX)
+
+
+def earlier_failure(folder: Path) -> str | None:
+    """Why the export for ``folder`` failed before with this software, or None.
+
+    A record left by other software (or unreadable) is removed: that export is tried again.
+    """
+    path = failure_record(folder)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("software") != _software():
+        path.unlink(missing_ok=True)
+        return None
+    return (
+        f"exporting it failed on {record.get('when', 'an earlier run')} "
+        f"({record.get('reason', 'no reason recorded')}), and it is not tried again with "
+        f"the same software: delete {path} to try again"
+    )
+
+
+def _record_failure(folder: Path, error: ExportError) -> None:
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(
+            failure_record(folder),
+            {
+                "reason": str(error)[:2000],
+                "when": time.strftime("%Y-%m-%d %H:%M", time.localtime()),
+                "software": _software(),
+            },
+        )
+    except OSError:
+        pass  # unrecorded: the next run tries again, as before
+
+
+def _from_file_system(error: BaseException) -> bool:
+    """Whether an ``OSError`` (a full disk, a read-only folder) lies behind ``error``."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return True
+        seen = seen.__cause__  # what it was raised from, not what happened to be handled
+    return False
+
+
+def _software() -> dict[str, str]:
+    """The versions an export's success depends on."""
+    import platform
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "format": str(EXPORT_FORMAT)}
+    for package in ("napari-persam", "torch", "onnx", "onnxscript"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "none"
+    return versions
 
 
 def _payload(folder: Path) -> list[Path]:

@@ -27,7 +27,7 @@ from napari_persam.core.models.encoder_export import (
     iter_exported_encoder,
     weights_id,
 )
-from napari_persam.core.models.export_child import ExportTimedOut
+from napari_persam.core.models.export_child import ExportFailed
 from napari_persam.core.progress import Progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -235,8 +235,8 @@ def iter_image_encoder(
             return runtime
         except (ExportError, BackendUnavailable, OSError) as error:
             reasons.append(f"{name}: {error}")
-            if isinstance(error, ExportTimedOut):
-                break  # the next runtime would wait for the same export again
+            if isinstance(error, ExportFailed):
+                break  # the next runtime would need the same export (and wait for it again)
     _fall_back("; ".join(reasons))
     return _torch_encoder(sam, compile_encoder)
 

@@ -60,7 +60,12 @@ class ExportError(RuntimeError):
     """The encoder could not be exported (the caller falls back to PyTorch)."""
 
 
-class ExportTimedOut(ExportError):
+class ExportFailed(ExportError):
+    """The ONNX export itself failed: no runtime can use this encoder (not one to retry
+    with another runtime, nor in the next run with the same software)."""
+
+
+class ExportTimedOut(ExportFailed):
     """The export ran past :data:`EXPORT_TIMEOUT_S`: no other runtime should wait for it again."""
 
 
@@ -91,7 +96,7 @@ def iter_export(
     try:
         export_onnx(encoder, img_size=img_size, path=path)
     except ExportError as error:
-        raise ExportError(f"{error} (in a child process: {reason})") from error
+        raise ExportFailed(f"{error} (in a child process: {reason})") from error
     return {"exported_in": "calling process", "child_unused": reason}
 
 
@@ -259,9 +264,9 @@ def export_onnx(encoder: torch.nn.Module, *, img_size: int, path: Path) -> None:
             )
     except Exception as error:
         tail = chatter.getvalue().strip().splitlines()[-3:]
-        raise ExportError(f"{type(error).__name__}: {error} {' '.join(tail)}".strip()) from error
+        raise ExportFailed(f"{type(error).__name__}: {error} {' '.join(tail)}".strip()) from error
     if not path.is_file():
-        raise ExportError("the ONNX exporter wrote no file")
+        raise ExportFailed("the ONNX exporter wrote no file")
 
 
 def rebuild_encoder(
