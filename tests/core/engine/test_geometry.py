@@ -130,9 +130,19 @@ def test_whether_a_mask_is_empty_is_told_without_forming_it(shape, monkeypatch):
     assert not bool((geometry.grid_to_image(spike) > 0).any())
 
 
-@pytest.mark.parametrize("shape", [(1280, 1280), (600, 900), (77, 300), (3000, 2000)])
-def test_a_masks_box_is_found_without_forming_the_mask(shape, monkeypatch):
-    geometry = SamGeometry(original_hw=shape)
+@pytest.mark.parametrize(
+    "shape, frame_side",
+    [
+        ((1280, 1280), None),
+        ((600, 900), None),
+        ((77, 300), None),
+        ((3000, 2000), None),
+        ((300, 1024), 1024),  # tiles: a partial one at the border
+        ((700, 450), 1000),
+    ],
+)
+def test_a_masks_box_is_found_without_forming_the_mask(shape, frame_side, monkeypatch):
+    geometry = SamGeometry(original_hw=shape, frame_side=frame_side)
     generator = torch.Generator().manual_seed(sum(shape))
     cases = [torch.full((256, 256), -1.0)]  # empty
     for trial in range(8):
@@ -142,8 +152,12 @@ def test_a_masks_box_is_found_without_forming_the_mask(shape, monkeypatch):
         if trial >= 6:
             logits += 7  # most of the image (the formed mask takes torch's kernel)
         cases.append(logits)
+    diagonal = torch.full((256, 256), -8.0)
+    diagonal[10:14, 60:64] = 8.0  # the top edge, right of ...
+    diagonal[50:60, 5:9] = 8.0  # ... the left edge: every edge from another blob's rows
+    cases.append(diagonal)
     spike = torch.full((256, 256), -50.0)
-    spike[128, 7] = 0.01  # above in the grid, below everywhere once upscaled
+    spike[40, 7] = 0.01  # above in the grid, below everywhere once upscaled
     cases.append(spike)
     faint = torch.full((256, 256), -1.0)
     faint[20:24, 30:34] = 1.2e-5  # barely above: the formed mask decides

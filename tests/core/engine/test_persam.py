@@ -111,7 +111,7 @@ def _official_cascade(sam, rgb, points_yx, labels, steps):
     return masks[best], float(scores[best]), box, predictor.features
 
 
-@pytest.mark.parametrize("steps", [0, 1, 2])
+@pytest.mark.parametrize("steps", [0, 1, 2, 3])
 def test_unguided_cascade_equals_segment_anythings_predictor(tiny_sam, scene, steps):
     image, mask = scene
     config = dataclasses.replace(PLAIN, refinement_steps=steps)

@@ -192,20 +192,32 @@ def test_a_failed_export_leaves_its_record_and_is_not_tried_again_by_the_same_so
     # Other software (an update) tries again.
     real = encoder_export._software()
     monkeypatch.setattr(encoder_export, "_software", lambda: {**real, "torch": "9.9"})
-    _falls_back_once_leaving_a_failure_record(
+    record = _falls_back_once_leaving_a_failure_record(
         tiny_sam, tmp_path, backend="openvino", match="no luck"
     )
     assert len(attempts) == 2
+    # So does the same software a week later.
+    kept = json.loads(record.read_text())
+    record.write_text(json.dumps({**kept, "time": kept["time"] - encoder_export.FAILURE_KEPT_S}))
+    _falls_back_once_leaving_a_failure_record(
+        tiny_sam, tmp_path, backend="openvino", match="no luck"
+    )
+    assert len(attempts) == 3
 
 
-def test_an_export_failing_for_the_file_system_is_not_recorded(tmp_path, tiny_sam, monkeypatch):
+@pytest.mark.parametrize(
+    "cause", [OSError(28, "No space left on device"), MemoryError("No space left in memory")]
+)
+def test_an_export_failing_for_the_machines_state_is_not_recorded(
+    tmp_path, tiny_sam, monkeypatch, cause
+):
     pytest.importorskip("openvino")
 
     def full_disk(*args, **kwargs):
         try:
-            raise OSError(28, "No space left on device")
-        except OSError as error:
-            raise encoder_export.ExportFailed(f"OSError: {error}") from error
+            raise cause
+        except (OSError, MemoryError) as error:
+            raise encoder_export.ExportFailed(f"{type(error).__name__}: {error}") from error
 
     def no_child(**kwargs):
         raise export_child.ChildUnusable("no child in this test")

@@ -187,7 +187,7 @@ class SamGeometry:
             upscaled value is a convex combination of a few neighbouring logits, so
             only output pixels whose neighbourhood holds a logit above the threshold
             are computed, with the taps of ``F.interpolate`` (bilinear, corners not
-            aligned), rows then columns. An object of 30 px in a 1280 x 1280 image
+            aligned), columns then rows. An object of 30 px in a 1280 x 1280 image
             costs a few thousand pixels instead of 2.6 million.
         """
         height, width = self.original_hw

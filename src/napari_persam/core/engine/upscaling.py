@@ -107,16 +107,16 @@ class AxisTaps:
 @functools.lru_cache(maxsize=16)
 def upscaling_taps(
     grid_hw: tuple[int, int],
-    frame_side: int,
+    input_side: int,
     resized_hw: tuple[int, int],
     original_hw: tuple[int, int],
 ) -> tuple[AxisTaps, AxisTaps]:
     """Row and column taps from a (grid_h, grid_w) logit grid on SAM's square frame of
-    ``frame_side`` px, through the image's resized place in it, to its original pixels."""
+    ``input_side`` px, through the image's resized place in it, to its original pixels."""
     rh, rw = resized_hw
     height, width = original_hw
-    rows = AxisTaps(_Taps.of(grid_hw[0], frame_side).take(0, rh, 0), _Taps.of(rh, height))
-    cols = AxisTaps(_Taps.of(grid_hw[1], frame_side).take(0, rw, 0), _Taps.of(rw, width))
+    rows = AxisTaps(_Taps.of(grid_hw[0], input_side).take(0, rh, 0), _Taps.of(rh, height))
+    cols = AxisTaps(_Taps.of(grid_hw[1], input_side).take(0, rw, 0), _Taps.of(rw, width))
     return rows, cols
 
 

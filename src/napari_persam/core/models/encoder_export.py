@@ -21,8 +21,8 @@ An export that fails (the exporter raised, or was stopped after
 beside where it would have been: what failed, when, and the software that failed. The
 next run with the same software falls back to PyTorch at once instead of failing the
 same way again (a stuck export would cost every run half an hour); newer software, or
-deleting the file, tries again. A failure from the file system (a full disk) is not
-recorded: it says nothing about the next try.
+deleting the file, tries again, and so does any run a week later. A failure from the
+machine's state (a full disk, memory) is not recorded: it says nothing about the next try.
 
 The export itself runs in a short-lived child process (:mod:`.export_child`):
 importing the exporter's onnx holds Python's GIL for 1.3 s in ml_dtypes'
@@ -60,6 +60,9 @@ EXPORT_FORMAT = 1
 MODEL_FILE = "encoder.onnx"
 RECORD_FILE = "record.json"
 FAILURE_SUFFIX = ".failed.json"
+#: A failed export is tried again after this long anyway (a stopped one may have met a
+#: machine busy for other reasons).
+FAILURE_KEPT_S = 7 * 24 * 3600.0
 _INCOMING = ".incoming"
 _HASH_CHUNK = 8 << 20
 # Leftovers of killed exports are removed after this long (an export takes minutes).
@@ -162,7 +165,7 @@ def iter_exported_encoder(
                 message=message,
             )
         except ExportFailed as error:
-            if not _from_file_system(error):
+            if not _from_machine_state(error):
                 _record_failure(folder, error)
             raise
         checked = dict(check(work / MODEL_FILE)) if check is not None else {}
@@ -228,13 +231,22 @@ def earlier_failure(folder: Path) -> str | None:
         return None
     except (OSError, ValueError):
         record = None
-    if not isinstance(record, dict) or record.get("software") != _software():
-        path.unlink(missing_ok=True)
+    if (
+        not isinstance(record, dict)
+        or record.get("software") != _software()
+        or not isinstance(record.get("time"), (int, float))
+        or not 0 <= time.time() - record["time"] < FAILURE_KEPT_S
+    ):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # it stays; this run tries again all the same
         return None
+    again = time.strftime("%Y-%m-%d", time.localtime(record["time"] + FAILURE_KEPT_S))
     return (
         f"exporting it failed on {record.get('when', 'an earlier run')} "
         f"({record.get('reason', 'no reason recorded')}), and it is not tried again with "
-        f"the same software: delete {path} to try again"
+        f"the same software before {again}: delete {path} to try again now"
     )
 
 
@@ -246,6 +258,7 @@ def _record_failure(folder: Path, error: ExportError) -> None:
             {
                 "reason": str(error)[:2000],
                 "when": time.strftime("%Y-%m-%d %H:%M", time.localtime()),
+                "time": time.time(),
                 "software": _software(),
             },
         )
@@ -253,11 +266,12 @@ def _record_failure(folder: Path, error: ExportError) -> None:
         pass  # unrecorded: the next run tries again, as before
 
 
-def _from_file_system(error: BaseException) -> bool:
-    """Whether an ``OSError`` (a full disk, a read-only folder) lies behind ``error``."""
+def _from_machine_state(error: BaseException) -> bool:
+    """Whether an ``OSError`` (a full disk, a read-only folder) or a ``MemoryError`` lies
+    behind ``error``: the machine's state, which says nothing about the next try."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, OSError):
+        if isinstance(seen, (OSError, MemoryError)):
             return True
         seen = seen.__cause__  # what it was raised from, not what happened to be handled
     return False
