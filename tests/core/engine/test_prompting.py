@@ -8,6 +8,7 @@ import torch
 
 from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.engine.concepts import Concept
+from napari_persam.core.engine.geometry import SamGeometry
 from napari_persam.core.engine.persam import PerSAM
 from napari_persam.core.engine.postprocess import remove_small_components
 from napari_persam.core.engine.prompting import (
@@ -74,6 +75,35 @@ def test_segment_is_guidance_prior_cascade_and_cleanup(prompter_and_scene):
     assert result.score == pytest.approx(outcome.score if result.found else 0.0)
     np.testing.assert_array_equal(result.points, prompt.points)
     np.testing.assert_array_equal(result.similarity, guidance.similarity)
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_cascade_masks_are_formed_only_when_asked_for(prompter_and_scene, monkeypatch, steps):
+    engine, concept, embedding = prompter_and_scene
+    prompter = Prompter(engine.sam, torch.device("cpu"), PerSAMConfig(refinement_steps=steps))
+    guidance = prompter.guidance(embedding, concept)
+    best, _ = extreme_points(guidance.similarity)
+    prompts = [
+        PromptSet(points=np.array([best + shift]), labels=np.array([1]))
+        for shift in ([0, 0], [5, 5], [-5, 10])
+    ]
+    formed = []
+    original = SamGeometry.mask_from_logits
+
+    def counting(self, logits, threshold=0.0):
+        formed.append(1)
+        return original(self, logits, threshold)
+
+    monkeypatch.setattr(SamGeometry, "mask_from_logits", counting)
+    outcomes = prompter.cascade(embedding, prompts, guidance)
+    assert formed == []  # the instance search drops many outcomes without looking
+    found = [outcome for outcome in outcomes if outcome.score > 0]
+    assert found, "the random model should keep a mask here"
+    first = found[0].mask
+    assert first.any() and first.shape == embedding.geometry.original_hw
+    assert found[0].mask is first and formed == [1]  # formed once
+    lost = [outcome for outcome in outcomes if outcome.score == 0]
+    assert all(not outcome.mask.any() and outcome.box is None for outcome in lost)
 
 
 def test_prompt_sets_are_batched_by_kind_and_size(tiny_sam):

@@ -413,6 +413,7 @@ def upscale_and_predict(
     # pixels (2y + i, 2x + j): weight (in, out, i, j) as an (in, (i, j, out)) matrix.
     first_matrix, first_bias = _as_matrix(first.weight), first.bias.repeat(4)
     second_matrix, second_bias = _as_matrix(second.weight), second.bias.repeat(4)
+    hyper_t = hyper_in.t()
     masks = keys.new_empty(hyper_in.shape[0], 4 * height, 4 * width)
     # A band of token rows at a time: its temporaries of 1-2 MiB stay in cache between
     # the passes (product, norm, GELU, product, GELU, product) instead of the whole
@@ -424,11 +425,9 @@ def upscale_and_predict(
         x = x.view(-1, first.out_channels)  # rows (y, x, i, j)
         x = first_act(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
         x = second_act(torch.addmm(second_bias, x, second_matrix))
-        # Masks as rows, pixels (y, x, i, j, i2, j2) as columns: a product with 3 rows
-        # and the transposed features costs 0.6x one with 3 columns.
-        x = torch.mm(hyper_in, x.view(-1, second.out_channels).t())
-        # (m, y, x, i, j, i2, j2) -> (m, 4y + 2i + i2, 4x + 2j + j2)
-        x = x.view(-1, rows, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+        x = torch.mm(x.view(-1, second.out_channels), hyper_t)  # rows (y, x, i, j, i2, j2)
+        # (y, x, i, j, i2, j2, m) -> (m, 4y + 2i + i2, 4x + 2j + j2)
+        x = x.view(rows, width, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)
         masks[:, 4 * top : 4 * (top + rows)].view(-1, rows, 2, 2, width, 2, 2).copy_(x)
     return masks
 

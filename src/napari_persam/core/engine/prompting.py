@@ -9,9 +9,10 @@ few decoder calls, not a hundred.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -70,11 +71,21 @@ class PromptSet:
 
 @dataclass(frozen=True)
 class CascadeResult:
-    """The outcome of the cascade for one prompt set (mask empty and score 0 if lost)."""
+    """The outcome of the cascade for one prompt set (mask empty and score 0 if lost).
 
-    mask: np.ndarray
+    The mask is formed (upscaled to image pixels) when first asked for: the
+    every-instance search drops many outcomes unseen (their point already lies in an
+    accepted object), and a whole-image mask costs milliseconds to form.
+    """
+
     score: float
     box: np.ndarray | None
+    form_mask: Callable[[], np.ndarray] = field(repr=False, compare=False)
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool in image pixels; not empty unless the prompt set was lost."""
+        return self.form_mask()
 
 
 def cosine_similarity_grid(features: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -279,14 +290,13 @@ class Prompter:
         count = len(prompts)
         logits: list[torch.Tensor | None] = [None] * count
         scores = np.zeros(count)
-        masks: list[np.ndarray | None] = [None] * count
-        present = [False] * count  # whether masks[i] has a pixel (or would have)
+        present = [False] * count  # whether the mask of logits[i] has a pixel
         boxes: list[np.ndarray | None] = [p.box for p in prompts]
-        # Only the last step's masks are formed. Refinement needs of the earlier ones
-        # only whether they are empty (their logits are fed back) and their box.
+        # No mask is formed here. Refinement needs of each step's mask only whether it
+        # is empty (its logits are fed back) and its box; the last ones are formed by
+        # whoever asks for them (CascadeResult.mask).
         last = self.config.refinement_steps
         next_boxes: list[np.ndarray | None] = [None] * count
-        form_first = last == 0
 
         weights = guidance.mask_weights
         for group in self._groups(prompts, boxes, range(count)):
@@ -306,19 +316,13 @@ class Prompter:
             for row, index in enumerate(group):
                 logits[index] = mixed[row]
                 scores[index] = float(mixed_scores[row])
-                if form_first:
-                    masks[index] = self.to_mask(embedding, mixed[row])
-                    present[index] = bool(masks[index].any())
-                else:
-                    present[index] = self.has_mask(embedding, mixed[row])
+                present[index] = self.has_mask(embedding, mixed[row])
 
         for step in range(1, last + 1):
             alive = [i for i in range(count) if present[i]]
             if step >= 2:
                 for i in alive:
                     boxes[i] = next_boxes[i]
-            for i in set(range(count)) - set(alive):
-                masks[i] = None
             for group in self._groups(prompts, boxes, alive):
                 low, iou = self.decode(
                     embedding,
@@ -334,19 +338,20 @@ class Prompter:
                     logits[index] = low[row, chosen]
                     scores[index] = float(iou[row, chosen])
                     if step == last:
-                        masks[index] = self.to_mask(embedding, logits[index])
-                        present[index] = bool(masks[index].any())
+                        present[index] = self.has_mask(embedding, logits[index])
                     else:
                         next_boxes[index] = self.box_of(embedding, logits[index])
                         present[index] = next_boxes[index] is not None
 
-        empty = np.zeros(embedding.geometry.original_hw, dtype=bool)
+        shape = embedding.geometry.original_hw
         results = []
         for i in range(count):
-            if masks[i] is None or not masks[i].any():
-                results.append(CascadeResult(mask=empty.copy(), score=0.0, box=None))
+            if present[i]:
+                form = functools.partial(self.to_mask, embedding, logits[i])
+                results.append(CascadeResult(score=scores[i], box=boxes[i], form_mask=form))
             else:
-                results.append(CascadeResult(mask=masks[i], score=scores[i], box=boxes[i]))
+                lost = functools.partial(np.zeros, shape, dtype=bool)
+                results.append(CascadeResult(score=0.0, box=None, form_mask=lost))
         return results
 
     def _groups(
