@@ -100,7 +100,7 @@ def test_masks_upscaled_around_the_object_equal_the_full_upscaling(shape):
 
 
 @pytest.mark.parametrize("shape", [(1280, 1280), (600, 900), (77, 300), (3000, 2000)])
-def test_whether_a_mask_is_empty_is_told_without_forming_it(shape, monkeypatch):
+def test_whether_a_mask_is_empty_is_told_without_forming_it(shape, formed_masks):
     geometry = SamGeometry(original_hw=shape)
     generator = torch.Generator().manual_seed(sum(shape))
     cases = [torch.full((256, 256), -1.0)]  # nothing above: empty
@@ -113,14 +113,7 @@ def test_whether_a_mask_is_empty_is_told_without_forming_it(shape, monkeypatch):
     faint = torch.full((256, 256), -1.0)
     faint[20:24, 30:34] = 1.2e-5  # barely above: the formed mask decides
     cases.append(faint)
-    formed = []
-    original = SamGeometry.mask_from_logits
-
-    def counting(self, logits, threshold=0.0):
-        formed.append(1)
-        return original(self, logits, threshold)
-
-    monkeypatch.setattr(SamGeometry, "mask_from_logits", counting)
+    formed = formed_masks
     for index, logits in enumerate(cases):
         formed.clear()
         expected = bool((geometry.grid_to_image(logits) > 0).any())
@@ -141,7 +134,7 @@ def test_whether_a_mask_is_empty_is_told_without_forming_it(shape, monkeypatch):
         ((700, 450), 1000),
     ],
 )
-def test_a_masks_box_is_found_without_forming_the_mask(shape, frame_side, monkeypatch):
+def test_a_masks_box_is_found_without_forming_the_mask(shape, frame_side, formed_masks):
     geometry = SamGeometry(original_hw=shape, frame_side=frame_side)
     generator = torch.Generator().manual_seed(sum(shape))
     cases = [torch.full((256, 256), -1.0)]  # empty
@@ -162,14 +155,7 @@ def test_a_masks_box_is_found_without_forming_the_mask(shape, frame_side, monkey
     faint = torch.full((256, 256), -1.0)
     faint[20:24, 30:34] = 1.2e-5  # barely above: the formed mask decides
     cases.append(faint)
-    formed = []
-    original = SamGeometry.mask_from_logits
-
-    def counting(self, logits, threshold=0.0):
-        formed.append(1)
-        return original(self, logits, threshold)
-
-    monkeypatch.setattr(SamGeometry, "mask_from_logits", counting)
+    formed = formed_masks
     for index, logits in enumerate(cases):
         formed.clear()
         expected = tight_box((geometry.grid_to_image(logits) > 0).numpy())

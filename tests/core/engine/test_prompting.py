@@ -8,7 +8,6 @@ import torch
 
 from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.engine.concepts import Concept
-from napari_persam.core.engine.geometry import SamGeometry
 from napari_persam.core.engine.persam import PerSAM
 from napari_persam.core.engine.postprocess import remove_small_components
 from napari_persam.core.engine.prompting import (
@@ -78,7 +77,7 @@ def test_segment_is_guidance_prior_cascade_and_cleanup(prompter_and_scene):
 
 
 @pytest.mark.parametrize("steps", [0, 2])
-def test_cascade_masks_are_formed_only_when_asked_for(prompter_and_scene, monkeypatch, steps):
+def test_cascade_masks_are_formed_only_when_asked_for(prompter_and_scene, formed_masks, steps):
     engine, concept, embedding = prompter_and_scene
     prompter = Prompter(engine.sam, torch.device("cpu"), PerSAMConfig(refinement_steps=steps))
     guidance = prompter.guidance(embedding, concept)
@@ -87,14 +86,7 @@ def test_cascade_masks_are_formed_only_when_asked_for(prompter_and_scene, monkey
         PromptSet(points=np.array([best + shift]), labels=np.array([1]))
         for shift in ([0, 0], [5, 5], [-5, 10])
     ]
-    formed = []
-    original = SamGeometry.mask_from_logits
-
-    def counting(self, logits, threshold=0.0):
-        formed.append(1)
-        return original(self, logits, threshold)
-
-    monkeypatch.setattr(SamGeometry, "mask_from_logits", counting)
+    formed = formed_masks
     outcomes = prompter.cascade(embedding, prompts, guidance)
     assert formed == []  # the instance search drops many outcomes without looking
     found = [outcome for outcome in outcomes if outcome.score > 0]

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_persam.core.engine.postprocess import tight_box
 from napari_persam.core.engine.upscaling import (
     AxisTaps,
     EdgeScan,
     TooClose,
-    rounding_margin,
-    upscale,
+    upscale_window,
     upscaling_taps,
 )
 
@@ -195,23 +195,14 @@ class SamGeometry:
         # numpy, one thread: these are small arrays, where torch's thread pool costs
         # more than the arithmetic.
         values = logits.detach().float().cpu().numpy()
-        above = values > threshold
-        rows = np.flatnonzero(above.any(axis=1))
-        if rows.size == 0:
+        reach = self._reach(values, threshold)
+        if reach is None:
             return mask
-        cols = np.flatnonzero(above.any(axis=0))
-        row_taps, col_taps = self._taps(values.shape)
-        r0, r1, row_plan = row_taps.plan(int(rows[0]), int(rows[-1]))
-        c0, c1, col_plan = col_taps.plan(int(cols[0]), int(cols[-1]))
-        if r1 <= r0 or c1 <= c0:
-            return mask
+        (r0, r1, row_plan), (c0, c1, col_plan), _ = reach
         if (r1 - r0) * (c1 - c0) > height * width // 4:
             # A large object: torch's own kernel beats gathering.
             return (self.grid_to_image(logits.detach().float().cpu()) > threshold).numpy()
-        crop = values[row_plan.grid_range, col_plan.grid_range]
-        # SAM's frame (stage 1), then the image (stage 2); columns first, as torch.
-        stage = upscale(crop, row_plan.first, col_plan.first)
-        upscaled = upscale(stage, row_plan.second, col_plan.second)
+        upscaled, _ = upscale_window(values, row_plan, col_plan)
         mask[r0:r1, c0:c1] = upscaled > threshold
         return mask
 
@@ -232,10 +223,8 @@ class SamGeometry:
         r0, r1, row_plan = row_taps.plan(int(row), int(row))
         c0, c1, col_plan = col_taps.plan(int(col), int(col))
         if r1 > r0 and c1 > c0:
-            crop = values[row_plan.grid_range, col_plan.grid_range]
-            stage = upscale(crop, row_plan.first, col_plan.first)
-            peak = float(upscale(stage, row_plan.second, col_plan.second).max())
-            if peak > threshold + rounding_margin(crop):
+            around, margin = upscale_window(values, row_plan, col_plan)
+            if float(around.max()) > threshold + margin:
                 return True
         return bool(self.mask_from_logits(logits, threshold).any())
 
@@ -250,16 +239,10 @@ class SamGeometry:
         always the formed mask's.
         """
         values = logits.detach().float().cpu().numpy()
-        above = values > threshold
-        rows = np.flatnonzero(above.any(axis=1))
-        if rows.size == 0:
+        reach = self._reach(values, threshold)
+        if reach is None:
             return None
-        cols = np.flatnonzero(above.any(axis=0))
-        row_taps, col_taps = self._taps(values.shape)
-        r0, r1, _ = row_taps.plan(int(rows[0]), int(rows[-1]))
-        c0, c1, _ = col_taps.plan(int(cols[0]), int(cols[-1]))
-        if r1 <= r0 or c1 <= c0:
-            return None
+        (r0, r1, _), (c0, c1, _), (row_taps, col_taps) = reach
         scan = EdgeScan(values, row_taps, col_taps, threshold)
         try:
             top = scan.first(r0, r1, (c0, c1), rows=True, forward=True)
@@ -269,14 +252,23 @@ class SamGeometry:
             left = scan.first(c0, c1, (top, bottom + 1), rows=False, forward=True)
             right = scan.first(c0, c1, (top, bottom + 1), rows=False, forward=False)
         except TooClose:
-            mask = self.mask_from_logits(logits, threshold)
-            found_rows = np.flatnonzero(mask.any(axis=1))
-            if found_rows.size == 0:
-                return None
-            found_cols = np.flatnonzero(mask.any(axis=0))
-            top, bottom = found_rows[0], found_rows[-1]
-            left, right = found_cols[0], found_cols[-1]
+            return tight_box(self.mask_from_logits(logits, threshold))
         return np.array([top, left, bottom, right], dtype=np.float64)
+
+    def _reach(self, values: np.ndarray, threshold: float):
+        """The image rows and columns the logits above ``threshold`` can reach, each as
+        ``(start, stop, plan)``, and the taps; None if they reach no pixel."""
+        above = values > threshold
+        rows = np.flatnonzero(above.any(axis=1))
+        if rows.size == 0:
+            return None
+        cols = np.flatnonzero(above.any(axis=0))
+        row_taps, col_taps = self._taps(values.shape)
+        row_reach = row_taps.plan(int(rows[0]), int(rows[-1]))
+        col_reach = col_taps.plan(int(cols[0]), int(cols[-1]))
+        if row_reach[1] <= row_reach[0] or col_reach[1] <= col_reach[0]:
+            return None
+        return row_reach, col_reach, (row_taps, col_taps)
 
     def _taps(self, logits_hw: tuple[int, ...]) -> tuple[AxisTaps, AxisTaps]:
         return upscaling_taps(

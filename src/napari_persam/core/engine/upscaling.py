@@ -128,6 +128,15 @@ def upscale(values: np.ndarray, rows: _Taps, cols: _Taps) -> np.ndarray:
     )
 
 
+def upscale_window(logits: np.ndarray, rows: _Plan, cols: _Plan) -> tuple[np.ndarray, float]:
+    """The image pixels of a planned window of rows and columns, upscaled from ``logits``
+    (SAM's frame first, then the image; columns first in each, as torch), and the
+    :func:`rounding_margin` of the logits they come from."""
+    crop = logits[rows.grid_range, cols.grid_range]
+    stage = upscale(crop, rows.first, cols.first)
+    return upscale(stage, rows.second, cols.second), rounding_margin(crop)
+
+
 #: Image rows (or columns) computed at a time while looking for a box's edge.
 _EDGE_BAND = 8
 
@@ -148,10 +157,7 @@ class EdgeScan:
     def block(self, rows: tuple[int, int], cols: tuple[int, int]) -> tuple[np.ndarray, float]:
         """Upscaled values of image rows ``rows[0]:rows[1]``, columns ``cols[0]:cols[1]``,
         and their :func:`rounding_margin`."""
-        row_plan, col_plan = self.rows.window(*rows), self.cols.window(*cols)
-        crop = self.values[row_plan.grid_range, col_plan.grid_range]
-        stage = upscale(crop, row_plan.first, col_plan.first)
-        return upscale(stage, row_plan.second, col_plan.second), rounding_margin(crop)
+        return upscale_window(self.values, self.rows.window(*rows), self.cols.window(*cols))
 
     def first(
         self, start: int, stop: int, across: tuple[int, int], *, rows: bool, forward: bool

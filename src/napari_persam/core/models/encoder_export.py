@@ -18,11 +18,12 @@ against the record: a corrupt or stale export
 
 An export that fails (the exporter raised, or was stopped after
 :data:`~.export_child.EXPORT_TIMEOUT_S`) leaves ``<model>-<img_size>px-v<format>.failed.json``
-beside where it would have been: what failed, when, and the software that failed. The
-next run with the same software falls back to PyTorch at once instead of failing the
-same way again (a stuck export would cost every run half an hour); newer software, or
-deleting the file, tries again, and so does any run a week later. A failure from the
-machine's state (a full disk, memory) is not recorded: it says nothing about the next try.
+beside where it would have been: what failed, when (seconds since the epoch), and the
+software that failed. The next run with the same software falls back to PyTorch at once
+instead of failing the same way again (a stuck export would cost every run half an hour);
+newer software, or deleting the file, tries again, and so does any run a week later. A
+failure from the machine's state (a full disk, memory) is not recorded: it says nothing
+about the next try.
 
 The export itself runs in a short-lived child process (:mod:`.export_child`):
 importing the exporter's onnx holds Python's GIL for 1.3 s in ml_dtypes'
@@ -222,7 +223,8 @@ def failure_record(folder: Path) -> Path:
 def earlier_failure(folder: Path) -> str | None:
     """Why the export for ``folder`` failed before with this software, or None.
 
-    A record left by other software (or unreadable) is removed: that export is tried again.
+    A record left by other software, older than :data:`FAILURE_KEPT_S` or unreadable is
+    removed: that export is tried again.
     """
     path = failure_record(folder)
     try:
@@ -242,9 +244,10 @@ def earlier_failure(folder: Path) -> str | None:
         except OSError:
             pass  # it stays; this run tries again all the same
         return None
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["time"]))
     again = time.strftime("%Y-%m-%d", time.localtime(record["time"] + FAILURE_KEPT_S))
     return (
-        f"exporting it failed on {record.get('when', 'an earlier run')} "
+        f"exporting it failed on {when} "
         f"({record.get('reason', 'no reason recorded')}), and it is not tried again with "
         f"the same software before {again}: delete {path} to try again now"
     )
@@ -257,7 +260,6 @@ def _record_failure(folder: Path, error: ExportError) -> None:
             failure_record(folder),
             {
                 "reason": str(error)[:2000],
-                "when": time.strftime("%Y-%m-%d %H:%M", time.localtime()),
                 "time": time.time(),
                 "software": _software(),
             },
