@@ -135,3 +135,38 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def gemm_rates(size: int = 2048, repeats: int = 5) -> dict[str, tuple[float, float]]:
+    """FLOP per wall-second and per CPU-second of a float32 ``size``-cubed product, by library.
+
+    ``"mkl"`` is ``torch.mm`` (MKL in PyTorch's x86 builds); ``"onednn"`` is oneDNN's
+    product, which PyTorch also bundles (``torch.ops.mkldnn._linear_pointwise``; absent
+    from builds without oneDNN). A lower bound must use the faster: MKL takes its
+    AVX-512 kernels only on Intel processors, and on an AMD EPYC with AVX-512 oneDNN
+    ran the same product 2.2x faster (BENCHMARKS.md). Best of ``repeats`` each.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    products = {"mkl": lambda: a @ b}
+    onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if onednn is not None and torch.backends.mkldnn.is_available():
+        products["onednn"] = lambda: onednn(a, b, None, "none", [], "")  # a @ b.T: same FLOPs
+    rates = {}
+    for name, product in products.items():
+        try:
+            product()
+        except RuntimeError:  # a oneDNN this build cannot run
+            continue
+        wall = cpu = float("inf")
+        for _ in range(repeats):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            product()
+            wall = min(wall, time.perf_counter() - start)
+            cpu = min(cpu, time.process_time() - start_cpu)
+        rates[name] = (2 * size**3 / wall, 2 * size**3 / cpu)
+    return rates
+
+
+def best_gemm_rate(rates: dict[str, tuple[float, float]]) -> tuple[float, float]:
+    """The fastest wall-clock and CPU-time rates of :func:`gemm_rates`."""
+    return max(wall for wall, _ in rates.values()), max(cpu for _, cpu in rates.values())

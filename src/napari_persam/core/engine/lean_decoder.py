@@ -48,6 +48,7 @@ from segment_anything.modeling.transformer import (
     TwoWayTransformer,
 )
 
+from napari_persam.core.engine.cpu_products import linear, linear_onto
 from napari_persam.core.engine.mask_prompts import MaskPrompt
 
 #: Prompts in one call from which :class:`PositionTerms` are formed.
@@ -210,7 +211,7 @@ class _LowRankImage:
         matrix, offset = mask_prompt.matrix(), mask_prompt.projection.bias  # (C, r), (C,)
         self.features = mask_prompt.features
         self.keys = image + offset  # the image tokens of a prompt whose features are 0
-        self.factors = [matrix.t()]
+        self.factors = [matrix]  # each as a (D, r) weight: keys, then the projections
         self.shared: list[torch.Tensor] = []
         if not share:
             return
@@ -220,8 +221,8 @@ class _LowRankImage:
             (layer.cross_attn_token_to_image.v_proj, self.keys),
             (layer.cross_attn_image_to_token.q_proj, keyed),
         )
-        self.shared = [F.linear(x, p.weight, p.bias) for p, x in projections]
-        self.factors += [(p.weight @ matrix).t() for p, _ in projections]
+        self.shared = [linear(x, p.weight, p.bias) for p, x in projections]
+        self.factors += [p.weight @ matrix for p, _ in projections]
 
     def prompt(self, b: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Prompt ``b``'s image tokens (hw, C) and first-block (k, v, image q) projections.
@@ -230,7 +231,7 @@ class _LowRankImage:
         """
         features = _token_major(self.features[b])  # (hw, r)
         keys, *side = (
-            torch.addmm(base, features, factor)
+            linear_onto(base, features, factor, None)
             for base, factor in zip([self.keys, *self.shared], self.factors)
         )
         return keys, tuple(side) if side else None
@@ -269,7 +270,7 @@ def two_way_transformer(
         queries, keys = _block(layer, queries, keys, query_pe, key_pe, attn_bias, side, block_terms)
     final = transformer.final_attn_token_to_image
     k_proj = _keyed(final.k_proj, keys, key_pe, None if terms is None else terms.final)
-    v_proj = F.linear(keys, final.v_proj.weight, final.v_proj.bias)
+    v_proj = linear(keys, final.v_proj.weight, final.v_proj.bias)
     attention = _token_to_image(final, queries + query_pe, k_proj, v_proj, None)
     return transformer.norm_final_attn(queries + attention), keys
 
@@ -295,19 +296,23 @@ class PositionTerms(NamedTuple):
             None
             if index == 0 and skip_first
             else (
-                layer.cross_attn_token_to_image.k_proj(key_pe),
-                layer.cross_attn_image_to_token.q_proj(key_pe),
+                _project(layer.cross_attn_token_to_image.k_proj, key_pe),
+                _project(layer.cross_attn_image_to_token.q_proj, key_pe),
             )
             for index, layer in enumerate(transformer.layers)
         ]
-        return cls(blocks, transformer.final_attn_token_to_image.k_proj(key_pe))
+        return cls(blocks, _project(transformer.final_attn_token_to_image.k_proj, key_pe))
+
+
+def _project(projection: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return linear(x, projection.weight, projection.bias)
 
 
 def _keyed(projection: torch.nn.Linear, keys, key_pe, term) -> torch.Tensor:
     """``projection(keys + key_pe)``, from its positional term when given."""
     if term is None:
-        return projection(keys + key_pe)
-    return torch.addmm(term, keys, projection.weight.t())
+        return _project(projection, keys + key_pe)
+    return linear_onto(term, keys, projection.weight, None)
 
 
 def image_side(layer: TwoWayAttentionBlock, keys: torch.Tensor, key_pe: torch.Tensor, terms=None):
@@ -316,15 +321,15 @@ def image_side(layer: TwoWayAttentionBlock, keys: torch.Tensor, key_pe: torch.Te
     ``terms``: the block's pair of :class:`PositionTerms`, or None to form ``keys + key_pe``.
     """
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-    v_proj = F.linear(keys, t2i.v_proj.weight, t2i.v_proj.bias)
+    v_proj = _project(t2i.v_proj, keys)
     if terms is None:
         k = keys + key_pe  # SAM forms this sum twice; keys do not change in between
-        return F.linear(k, t2i.k_proj.weight, t2i.k_proj.bias), v_proj, i2t.q_proj(k)
+        return _project(t2i.k_proj, k), v_proj, _project(i2t.q_proj, k)
     k_term, q_term = terms
     return (
-        torch.addmm(k_term, keys, t2i.k_proj.weight.t()),
+        linear_onto(k_term, keys, t2i.k_proj.weight, None),
         v_proj,
-        torch.addmm(q_term, keys, i2t.q_proj.weight.t()),
+        linear_onto(q_term, keys, i2t.q_proj.weight, None),
     )
 
 
@@ -388,8 +393,8 @@ def _image_to_token(attention, image_q, k, v, residual):
     out_weight = attention.out_proj.weight  # (C, D)
     values = torch.matmul(vh, out_weight.t().reshape(heads, depth // heads, -1))  # (heads, N, C)
     values = values.add_(attention.out_proj.bias / heads).reshape(-1, out_weight.shape[0])
-    mix = weights.reshape(-1, pixels).t()  # (hw, heads N), read in place
-    return torch.addmm(residual, mix, values)
+    mix = weights.reshape(-1, pixels).t()  # (hw, heads N)
+    return linear_onto(residual, mix, values.t(), None)
 
 
 def upscale_and_predict(
@@ -411,8 +416,9 @@ def upscale_and_predict(
     height, width = grid
     # Cell (y, x) of a 2 x 2, stride-2 transposed convolution writes only output
     # pixels (2y + i, 2x + j): weight (in, out, i, j) as an (in, (i, j, out)) matrix.
-    first_matrix, first_bias = _as_matrix(first.weight), first.bias.repeat(4)
-    second_matrix, second_bias = _as_matrix(second.weight), second.bias.repeat(4)
+    first_weight, first_bias = _as_weight(first.weight), first.bias.repeat(4)
+    second_weight, second_bias = _as_weight(second.weight), second.bias.repeat(4)
+    fused_gelu = type(second_act) is torch.nn.GELU and second_act.approximate == "none"
     hyper_t = hyper_in.t()
     masks = keys.new_empty(hyper_in.shape[0], 4 * height, 4 * width)
     # A band of token rows at a time: its temporaries of 1-2 MiB stay in cache between
@@ -421,10 +427,11 @@ def upscale_and_predict(
     band = max(1, _BAND_TOKENS // width)
     for top in range(0, height, band):
         rows = min(band, height - top)
-        x = torch.addmm(first_bias, keys[top * width : (top + rows) * width], first_matrix)
+        x = linear(keys[top * width : (top + rows) * width], first_weight, first_bias)
         x = x.view(-1, first.out_channels)  # rows (y, x, i, j)
         x = first_act(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = second_act(torch.addmm(second_bias, x, second_matrix))
+        x = linear(x, second_weight, second_bias, gelu=fused_gelu)
+        x = x if fused_gelu else second_act(x)
         x = torch.mm(x.view(-1, second.out_channels), hyper_t)  # rows (y, x, i, j, i2, j2)
         # (y, x, i, j, i2, j2, m) -> (m, 4y + 2i + i2, 4x + 2j + j2)
         x = x.view(rows, width, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)
@@ -432,6 +439,6 @@ def upscale_and_predict(
     return masks
 
 
-def _as_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """ConvTranspose2d weight (in, out, 2, 2) -> (in, 4 * out), columns (i, j, out)."""
-    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+def _as_weight(weight: torch.Tensor) -> torch.Tensor:
+    """ConvTranspose2d weight (in, out, 2, 2) -> a (4 * out, in) linear weight, rows (i, j, out)."""
+    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
