@@ -170,7 +170,7 @@ def bench_model(
         if after:
             after()
     rate, cpu_rate, by_library = gemm_rate()
-    libraries = {name: [pair] for name, pair in by_library.items()}
+    libraries = {library: [pair] for library, pair in by_library.items()}
     for _ in range(rounds if warmup else rounds - 1):
         for key in list(laps):
             run, before, after = table[key]
@@ -182,8 +182,8 @@ def bench_model(
                 after()
         again = gemm_rate()
         rate, cpu_rate = max(rate, again[0]), max(cpu_rate, again[1])
-        for name, pair in again[2].items():
-            libraries.setdefault(name, []).append(pair)
+        for library, pair in again[2].items():
+            libraries.setdefault(library, []).append(pair)
     bound = flops / rate
     cpu_bound = flops / cpu_rate
     summary = {}
@@ -206,7 +206,7 @@ def bench_model(
         "gemm_gflops_per_cpu_s": cpu_rate / 1e9,
         # Each library's best CPU-time rate: the bound holds the faster (timing.gemm_rates).
         "gemm_gflops_per_cpu_s_by_library": {
-            name: max(cpu for _, cpu in pairs) / 1e9 for name, pairs in libraries.items()
+            library: max(cpu for _, cpu in pairs) / 1e9 for library, pairs in libraries.items()
         },
         "bound_s": bound,
         "cpu_bound_s": cpu_bound,

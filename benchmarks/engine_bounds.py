@@ -68,9 +68,25 @@ def scene(shape: tuple[int, int], count: int, seed: int) -> tuple[np.ndarray, np
     return image.astype(np.uint8), first
 
 
+def _count_onednn_products() -> None:
+    """Teach ``torch.utils.flop_counter`` the oneDNN product the decoder uses
+    (``core/engine/cpu_products.py``): 2 M K N, as for ``mm``. Once per process."""
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    operator = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if operator is None or operator in flop_registry:
+        return
+
+    @register_flop_formula(operator)  # both overloads: x (M, K) first, out (M, N)
+    def _product(x_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * x_shape[0] * x_shape[1] * out_shape[-1]
+
+
 def decoder_flops(engine, embedding, guidance, prompt) -> dict[str, float]:
     """FLOPs per prompt of the first (guided, single mask) and a refinement decoder call."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    _count_onednn_products()
 
     prompter = engine.prompter
     for parameter in engine.sam.parameters():
