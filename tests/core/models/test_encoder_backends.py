@@ -140,6 +140,59 @@ def test_corrupt_or_stale_export_is_made_again(tmp_path, tiny_sam, monkeypatch):
     assert messages == [] and len(exports) == 4
 
 
+@pytest.mark.skipif(EXPORT_FORMAT < 2, reason="no earlier format")
+def test_exports_of_earlier_formats_are_removed_when_a_new_one_is_kept(
+    tmp_path, tiny_sam, monkeypatch
+):
+    def fake_export(encoder, *, path, **kwargs):
+        path.write_bytes(b"graph" + bytes(100))
+        return {}
+        yield  # a progress generator, as the real one
+
+    monkeypatch.setattr(encoder_export, "iter_export", fake_export)
+    weights = "w" * 8
+    kept = tmp_path / "encoders" / weights
+    ours = kept / "tiny-256px-v1"
+    ours.mkdir(parents=True)
+    (ours / RECORD_FILE).write_text(json.dumps({"format": 1, "model": "tiny", "files": {}}))
+    (ours / MODEL_FILE).write_bytes(b"old graph")
+    old_failure = kept / f"tiny-256px-v1{FAILURE_SUFFIX}"
+    old_failure.write_text("{}")
+    other_model = kept / "vit_b-256px-v1"  # another model's export: not this one's to remove
+    other_model.mkdir()
+    (other_model / RECORD_FILE).write_text(json.dumps({"format": 1, "model": "vit_b"}))
+    path = run(
+        iter_exported_encoder(
+            tiny_sam.image_encoder, model_name="tiny", img_size=256, weights=weights, root=tmp_path
+        )
+    )
+    assert path.parent.name == f"tiny-256px-v{EXPORT_FORMAT}"
+    assert not ours.exists() and not old_failure.exists()
+    assert (other_model / RECORD_FILE).exists()
+
+
+@pytest.mark.skipif(EXPORT_FORMAT < 2, reason="no earlier format")
+def test_a_folder_we_did_not_write_is_kept_though_named_like_an_old_export(
+    tmp_path, tiny_sam, monkeypatch
+):
+    def fake_export(encoder, *, path, **kwargs):
+        path.write_bytes(b"graph" + bytes(100))
+        return {}
+        yield
+
+    monkeypatch.setattr(encoder_export, "iter_export", fake_export)
+    weights = "w" * 8
+    theirs = tmp_path / "encoders" / weights / "tiny-256px-v1"
+    theirs.mkdir(parents=True)
+    (theirs / "notes.txt").write_text("mine")
+    run(
+        iter_exported_encoder(
+            tiny_sam.image_encoder, model_name="tiny", img_size=256, weights=weights, root=tmp_path
+        )
+    )
+    assert (theirs / "notes.txt").read_text() == "mine"
+
+
 def _falls_back_once(sam, root, *, backend, match):
     """The engine's encoder is PyTorch's own, after one warning matching ``match``."""
     with pytest.warns(RuntimeWarning, match=match) as caught:

@@ -246,11 +246,17 @@ def export_onnx(encoder: torch.nn.Module, *, img_size: int, path: Path) -> None:
     """``torch.onnx.export`` of ``encoder``: (1, 3, S, S) ``pixels`` -> ``embedding``."""
     import torch
 
+    from napari_persam.core.models.export_layout import token_major_blocks
+
     example = torch.zeros(1, 3, int(img_size), int(img_size))
     chatter = io.StringIO()  # the exporter prints its steps; a failure quotes them
     try:
         keep_triton_out_beside_system_llvm()  # napari's OpenGL: triton would crash it
-        with torch.no_grad(), contextlib.redirect_stdout(chatter):
+        with (
+            torch.no_grad(),
+            token_major_blocks(encoder),  # plain layouts in OpenVINO (export_layout)
+            contextlib.redirect_stdout(chatter),
+        ):
             torch.onnx.export(
                 encoder,
                 (example,),
