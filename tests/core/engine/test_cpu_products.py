@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,8 +27,12 @@ def _inputs(rows: int, seed: int = 0):
 
 @pytest.fixture
 def onednn_calls(monkeypatch):
-    """Counts calls of oneDNN's product (both overloads) while still running it."""
-    original = torch.ops.mkldnn._linear_pointwise
+    """Counts calls of oneDNN's product (both overloads) while still running it.
+
+    In a PyTorch without the operator the stand-in only counts (and fails): the
+    fallback tests still run there.
+    """
+    original = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
     calls = []
 
     class Counting:
@@ -38,7 +44,7 @@ def onednn_calls(monkeypatch):
             calls.append("binary")
             return original.binary(*args)
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Counting())
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", Counting(), raising=False)
     return calls
 
 
@@ -71,7 +77,7 @@ def test_transposed_views_are_read_as_their_values(onednn_calls):
 
 @pytest.mark.parametrize(
     "case",
-    ["few rows", "float64", "autograd", "unavailable"],
+    ["few rows", "float64", "autograd", "bias autograd", "lower precision", "unavailable"],
 )
 def test_falls_back_to_torch(case, monkeypatch, onednn_calls):
     rows = MIN_ROWS - 1 if case == "few rows" else 512
@@ -80,6 +86,10 @@ def test_falls_back_to_torch(case, monkeypatch, onednn_calls):
         x, weight, bias, other = (t.double() for t in (x, weight, bias, other))
     if case == "autograd":
         x.requires_grad_(True)
+    if case == "bias autograd":
+        bias.requires_grad_(True)
+    if case == "lower precision":
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "medium")
     if case == "unavailable":
         monkeypatch.setattr(cpu_products, "onednn_available", lambda: False)
     out = linear(x, weight, bias, gelu=True)
@@ -88,9 +98,18 @@ def test_falls_back_to_torch(case, monkeypatch, onednn_calls):
         linear_onto(other, x, weight, bias), other + F.linear(x, weight, bias)
     )
     assert onednn_calls == []
-    if case == "autograd":
+    if case.endswith("autograd"):
         out.sum().backward()
-        assert x.grad is not None and x.grad.abs().sum() > 0
+        grad = x.grad if case == "autograd" else bias.grad
+        assert grad is not None and grad.abs().sum() > 0
+
+
+@needs_onednn
+def test_a_broadcast_addend_goes_to_torch(onednn_calls):
+    x, weight, bias, _ = _inputs(512)
+    row = torch.randn(1, 48)
+    torch.testing.assert_close(linear_onto(row, x, weight, bias), row + F.linear(x, weight, bias))
+    assert onednn_calls == []
 
 
 class _Broken:
@@ -110,9 +129,9 @@ class _Wrong:
 
 @pytest.mark.parametrize("operator", [_Broken(), _Wrong(), None])
 def test_a_failing_or_disagreeing_onednn_is_not_used(operator, monkeypatch):
-    if operator is None:
-        monkeypatch.delattr(torch.ops.mkldnn, "_linear_pointwise", raising=False)
-        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    if operator is None:  # a PyTorch whose oneDNN lacks the operator
+        monkeypatch.setattr(torch.ops, "mkldnn", types.SimpleNamespace())
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
     else:
         monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", operator)
     assert cpu_products.onednn_available.__wrapped__() is False

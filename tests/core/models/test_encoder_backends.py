@@ -158,7 +158,7 @@ def test_exports_of_earlier_formats_are_removed_when_a_new_one_is_kept(
     (ours / MODEL_FILE).write_bytes(b"old graph")
     old_failure = kept / f"tiny-256px-v1{FAILURE_SUFFIX}"
     old_failure.write_text("{}")
-    other_model = kept / "vit_b-256px-v1"  # another model's export: not this one's to remove
+    other_model = kept / "vit_b-256px-v1"  # another model's export: not looked at
     other_model.mkdir()
     (other_model / RECORD_FILE).write_text(json.dumps({"format": 1, "model": "vit_b"}))
     path = run(
@@ -169,11 +169,13 @@ def test_exports_of_earlier_formats_are_removed_when_a_new_one_is_kept(
     assert path.parent.name == f"tiny-256px-v{EXPORT_FORMAT}"
     assert not ours.exists() and not old_failure.exists()
     assert (other_model / RECORD_FILE).exists()
+    assert not list((tmp_path / "encoders" / ".incoming").iterdir())  # moved aside, then gone
 
 
 @pytest.mark.skipif(EXPORT_FORMAT < 2, reason="no earlier format")
+@pytest.mark.parametrize("record", [None, {"format": 1, "model": "vit_b"}])
 def test_a_folder_we_did_not_write_is_kept_though_named_like_an_old_export(
-    tmp_path, tiny_sam, monkeypatch
+    tmp_path, tiny_sam, monkeypatch, record
 ):
     def fake_export(encoder, *, path, **kwargs):
         path.write_bytes(b"graph" + bytes(100))
@@ -185,6 +187,8 @@ def test_a_folder_we_did_not_write_is_kept_though_named_like_an_old_export(
     theirs = tmp_path / "encoders" / weights / "tiny-256px-v1"
     theirs.mkdir(parents=True)
     (theirs / "notes.txt").write_text("mine")
+    if record is not None:  # a record, but for another model: not this export's to remove
+        (theirs / RECORD_FILE).write_text(json.dumps(record))
     run(
         iter_exported_encoder(
             tiny_sam.image_encoder, model_name="tiny", img_size=256, weights=weights, root=tmp_path

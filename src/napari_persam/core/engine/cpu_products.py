@@ -49,14 +49,18 @@ def onednn_available() -> bool:
         return False
 
 
-def _through_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _through_onednn(x: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether ``x @ weight.T`` (and ``others``: bias, the tensor added onto) goes to oneDNN."""
+    tensors = [x, weight, *(t for t in others if t is not None)]
     return (
         x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
+        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
         and x.dim() == 2
         and x.shape[0] >= MIN_ROWS
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        # oneDNN has no gradient formula here, and would honour a lowered matmul precision
+        # (bfloat16 on CPUs that have it) that MKL ignores.
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and torch.get_float32_matmul_precision() == "highest"
         and onednn_available()
     )
 
@@ -68,7 +72,7 @@ def linear(
 
     ``x`` (M, K), ``weight`` (N, K) as in ``torch.nn.Linear``.
     """
-    if _through_onednn(x, weight):
+    if _through_onednn(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(
             x.contiguous(),
             weight.contiguous(),
@@ -85,7 +89,8 @@ def linear_onto(
     other: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """``other + F.linear(x, weight, bias)`` in one product (``other`` is (M, N))."""
-    if _through_onednn(x, weight) and other.dtype == torch.float32:
+    same_shape = other.shape == (x.shape[0], weight.shape[0])  # oneDNN does not broadcast
+    if same_shape and _through_onednn(x, weight, bias, other):
         return torch.ops.mkldnn._linear_pointwise.binary(
             x.contiguous(), other.contiguous(), weight.contiguous(), bias, "add"
         )

@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 #: Bump when the exported graph changes (inputs, outputs, opset, layout): older exports are
-#: rebuilt. 2: ViT blocks exported on (B, HW, C) tokens (:mod:`.export_layout`), 0.85x the
+#: rebuilt. 2: ViT blocks exported on (B, HW, C) tokens (:mod:`.export_layout`), 0.80x the
 #: CPU time of format 1 in OpenVINO.
 EXPORT_FORMAT = 2
 MODEL_FILE = "encoder.onnx"
@@ -215,9 +215,18 @@ def _remove_older_formats(folder: Path, model_name: str) -> None:
             record = json.loads((candidate / RECORD_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             record = None
-        if isinstance(record, dict) and record.get("format") == older:
-            if record.get("model") == model_name:
-                shutil.rmtree(candidate, ignore_errors=True)
+        ours = isinstance(record, dict) and record.get("format") == older
+        if ours and record.get("model") == model_name:
+            # Moved aside first: a folder half-deleted in place (a file still open
+            # elsewhere) would keep its weights with no record to recognise it by;
+            # in .incoming, a later export's clean-up finishes the job.
+            aside = folder.parent.parent / _INCOMING / f"{candidate.name}-old-{uuid.uuid4().hex}"
+            try:
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(candidate, aside)
+            except OSError:
+                continue  # still in use: tried again after the next export
+            shutil.rmtree(aside, ignore_errors=True)
         with contextlib.suppress(OSError):
             failure_record(candidate).unlink(missing_ok=True)
 

@@ -6,7 +6,7 @@ tensors out in a channel-blocked order, as for convolutions, so every LayerNorm 
 the exported ViT was wrapped in layout conversions. In a ViT-B forward on an AMD EPYC,
 OpenVINO's own per-node counters charged 575-629 ms to those Reorder nodes, out of
 about 5 s of node time. The same arithmetic on 3-d (B, HW, C) tokens keeps the plain
-layout: the conversions took 10 ms, and the forward 0.85x the CPU time, with the same
+layout: the conversions took 10 ms, and the forward 0.80x the CPU time, with the same
 embedding to 1e-5 (BENCHMARKS.md). Only the attention sees the tokens as a grid,
 because its windows and relative positions are 2-d.
 
@@ -18,6 +18,7 @@ Only blocks of exactly segment_anything's ``Block`` class are switched.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -42,17 +43,25 @@ class TokenMajorBlock(Block):
         return tokens.reshape(batch, height, width, channels)
 
 
+#: One export at a time switches classes: a second, overlapping export of the same encoder
+#: would otherwise find no Block to switch and be traced with the classes switched back
+#: half-way through.
+_SWITCHING = threading.Lock()
+
+
 @contextlib.contextmanager
 def token_major_blocks(module: torch.nn.Module) -> Iterator[int]:
     """Inside the ``with``, each segment_anything ``Block`` in ``module`` is a TokenMajorBlock.
 
     Yields how many were switched; all are switched back on leaving, on error too.
+    Another thread's export waits until then.
     """
-    blocks = [child for child in module.modules() if type(child) is Block]
-    for block in blocks:
-        block.__class__ = TokenMajorBlock
-    try:
-        yield len(blocks)
-    finally:
+    with _SWITCHING:
+        blocks = [child for child in module.modules() if type(child) is Block]
         for block in blocks:
-            block.__class__ = Block
+            block.__class__ = TokenMajorBlock
+        try:
+            yield len(blocks)
+        finally:
+            for block in blocks:
+                block.__class__ = Block
