@@ -53,8 +53,7 @@ def _through_onednn(x: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor
     """Whether ``x @ weight.T`` (and ``others``: bias, the tensor added onto) goes to oneDNN."""
     tensors = [x, weight, *(t for t in others if t is not None)]
     return (
-        x.device.type == "cpu"
-        and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+        all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
         and x.dim() == 2
         and x.shape[0] >= MIN_ROWS
         # oneDNN has no gradient formula here, and would honour a lowered matmul precision
