@@ -11,7 +11,8 @@ logit maps are computed once and only the two weights are optimised: the officia
 code calls the decoder 1000 times for the same outputs. The 1000 steps themselves
 run in numpy with the loss, its gradient and AdamW written out (:func:`fit_mask_weights`):
 a step is a few passes over the pixels, where a torch step spent most of its time in
-op dispatch. The torch functions below are the reference the tests compare against.
+op dispatch (only the sigmoid and the log go to torch, on the same buffers). The
+torch functions below are the reference the tests compare against.
 """
 
 from __future__ import annotations
