@@ -157,7 +157,7 @@ def test_exports_of_earlier_formats_are_removed_when_a_new_one_is_kept(
     (ours / RECORD_FILE).write_text(json.dumps({"format": 1, "model": "tiny", "files": {}}))
     (ours / MODEL_FILE).write_bytes(b"old graph")
     old_failure = kept / f"tiny-256px-v1{FAILURE_SUFFIX}"
-    old_failure.write_text("{}")
+    old_failure.write_text(json.dumps({"reason": "x", "time": 0, "software": {"format": "1"}}))
     other_model = kept / "vit_b-256px-v1"  # another model's export: not looked at
     other_model.mkdir()
     (other_model / RECORD_FILE).write_text(json.dumps({"format": 1, "model": "vit_b"}))
@@ -187,6 +187,8 @@ def test_a_folder_we_did_not_write_is_kept_though_named_like_an_old_export(
     theirs = tmp_path / "encoders" / weights / "tiny-256px-v1"
     theirs.mkdir(parents=True)
     (theirs / "notes.txt").write_text("mine")
+    named_like_a_failure = theirs.with_name(theirs.name + FAILURE_SUFFIX)
+    named_like_a_failure.write_text("my notes too")  # not a failure record of ours
     if record is not None:  # a record, but for another model: not this export's to remove
         (theirs / RECORD_FILE).write_text(json.dumps(record))
     run(
@@ -195,6 +197,7 @@ def test_a_folder_we_did_not_write_is_kept_though_named_like_an_old_export(
         )
     )
     assert (theirs / "notes.txt").read_text() == "mine"
+    assert named_like_a_failure.read_text() == "my notes too"
 
 
 def _falls_back_once(sam, root, *, backend, match):

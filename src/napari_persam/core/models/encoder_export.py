@@ -205,18 +205,14 @@ def iter_exported_encoder(
 def _remove_older_formats(folder: Path, model_name: str) -> None:
     """Delete the exports of earlier formats beside ``folder`` (a ViT-B export is 360 MB).
 
-    Only folders this module wrote (a record naming the model and an older format) go,
-    with their failure records; anything else in the cache folder is left alone.
+    Only what this module wrote goes: a folder whose record names the model and an older
+    format, and a failure record of an older format. Anything else is left alone.
     """
-    stem = folder.name[: -len(f"-v{EXPORT_FORMAT}")]
+    stem = folder.name.removesuffix(f"-v{EXPORT_FORMAT}")
     for older in range(1, EXPORT_FORMAT):
-        candidate = folder.parent / f"{stem}-v{older}"
-        try:
-            record = json.loads((candidate / RECORD_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            record = None
-        ours = isinstance(record, dict) and record.get("format") == older
-        if ours and record.get("model") == model_name:
+        candidate = folder.with_name(f"{stem}-v{older}")
+        record = _read_json_object(candidate / RECORD_FILE)
+        if record.get("format") == older and record.get("model") == model_name:
             # Moved aside first: a folder half-deleted in place (a file still open
             # elsewhere) would keep its weights with no record to recognise it by;
             # in .incoming, a later export's clean-up finishes the job.
@@ -224,11 +220,23 @@ def _remove_older_formats(folder: Path, model_name: str) -> None:
             try:
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(candidate, aside)
+                shutil.rmtree(aside, ignore_errors=True)
             except OSError:
-                continue  # still in use: tried again after the next export
-            shutil.rmtree(aside, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            failure_record(candidate).unlink(missing_ok=True)
+                pass  # still in use: tried again after the next export
+        failure = failure_record(candidate)
+        software = _read_json_object(failure).get("software")
+        if isinstance(software, dict) and software.get("format") == str(older):
+            with contextlib.suppress(OSError):
+                failure.unlink(missing_ok=True)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``, or an empty dict when there is none to read."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def verify_export(folder: Path, expected: dict[str, Any]) -> bool:
