@@ -18,13 +18,8 @@ computes, with PerSAM's guidance, and changes only how:
   to each head's few token values before they are mixed (a pixel's output is a mix
   of N values per head): one (hw, heads N) x (heads N, C) product replaces the
   head recombination and the (hw, D) x (D, C) projection;
-* the output head's two 2 x 2, stride-2 transposed convolutions are matrix
-  products on the token-major layout (each cell writes its own 2 x 2 block, so a
-  transposed convolution of this kind is exactly a product with the kernel laid
-  out as a matrix); LayerNorm2d is one ``layer_norm`` on those rows, and the
-  hypernetwork product runs before the only rearrangement into pixels, on the
-  chosen 1 or 3 masks instead of 32 channels; the head runs in bands of token rows
-  whose temporaries stay in cache (0.85x the head's time);
+* the output head is matrix products on the token-major layout, in bands that
+  stay in cache (:mod:`.decoder_head`);
 * a mask input given in low-rank form (:mod:`.mask_prompts`) makes the first
   block's image-side products a shared part plus a rank-16 part per prompt.
 
@@ -39,7 +34,6 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import (
@@ -49,12 +43,11 @@ from segment_anything.modeling.transformer import (
 )
 
 from napari_persam.core.engine.cpu_products import linear, linear_onto
+from napari_persam.core.engine.decoder_head import upscale_and_predict
 from napari_persam.core.engine.mask_prompts import MaskPrompt
 
 #: Prompts in one call from which :class:`PositionTerms` are formed.
 _TERMS_FROM = 4
-#: Image tokens per band of the output head (1024: 16 of 64 rows; 2 MiB per temporary).
-_BAND_TOKENS = 1024
 
 
 def lean_path_supported(decoder: torch.nn.Module) -> bool:
@@ -143,16 +136,16 @@ def predict_masks(
     tokens = torch.cat(
         (output_tokens.unsqueeze(0).expand(count, -1, -1), sparse_prompt_embeddings), dim=1
     )
-    key_pe = _token_major(image_pe[0])
+    key_pe = token_major(image_pe[0])
     first = decoder.transformer.layers[0]
     low_rank = shared_keys = shared_side = None
     if mask_prompt is not None:
-        image = _token_major(image_embeddings[0])
+        image = token_major(image_embeddings[0])
         low_rank = _LowRankImage(first, image, key_pe, mask_prompt, share=count > 1)
     elif dense_prompt_embeddings is not None and dense_prompt_embeddings.shape[0] == 1:
         # With one dense embedding for all, the image tokens and the first block's
         # image-side projections are the same for every prompt: formed once.
-        shared_keys = _token_major(image_embeddings[0] + dense_prompt_embeddings[0])
+        shared_keys = token_major(image_embeddings[0] + dense_prompt_embeddings[0])
         shared_side = image_side(first, shared_keys, key_pe)
     # Forming the positional terms costs three of the products they save a pass for;
     # the first block's are not needed when its image side is already shared.
@@ -168,7 +161,7 @@ def predict_masks(
         elif shared_keys is not None:
             keys, side = shared_keys, shared_side
         else:
-            keys = _token_major(image_embeddings[0] + dense_prompt_embeddings[b])
+            keys = token_major(image_embeddings[0] + dense_prompt_embeddings[b])
             side = None
         queries, keys = two_way_transformer(
             decoder.transformer,
@@ -229,7 +222,7 @@ class _LowRankImage:
 
         The projections are None when not shared: the block forms them.
         """
-        features = _token_major(self.features[b])  # (hw, r)
+        features = token_major(self.features[b])  # (hw, r)
         keys, *side = (
             linear_onto(base, features, factor, None)
             for base, factor in zip([self.keys, *self.shared], self.factors)
@@ -237,7 +230,7 @@ class _LowRankImage:
         return keys, tuple(side) if side else None
 
 
-def _token_major(image: torch.Tensor) -> torch.Tensor:
+def token_major(image: torch.Tensor) -> torch.Tensor:
     """(C, h, w) -> contiguous (hw, C); a 2-d transpose, which torch copies fast."""
     return image.reshape(image.shape[0], -1).t().contiguous()
 
@@ -271,7 +264,7 @@ def two_way_transformer(
     final = transformer.final_attn_token_to_image
     k_proj = _keyed(final.k_proj, keys, key_pe, None if terms is None else terms.final)
     v_proj = linear(keys, final.v_proj.weight, final.v_proj.bias)
-    attention = _token_to_image(final, queries + query_pe, k_proj, v_proj, None)
+    attention = token_to_image(final, queries + query_pe, k_proj, v_proj, None)
     return transformer.norm_final_attn(queries + attention), keys
 
 
@@ -335,34 +328,41 @@ def image_side(layer: TwoWayAttentionBlock, keys: torch.Tensor, key_pe: torch.Te
 
 def _block(layer, queries, keys, query_pe, key_pe, attn_bias, side, terms):
     """``TwoWayAttentionBlock.forward``; ``side``: its :func:`image_side`, if known."""
+    k_proj, v_proj, image_q = image_side(layer, keys, key_pe, terms) if side is None else side
+    queries = block_tokens(layer, queries, query_pe, k_proj, v_proj, attn_bias)
+    attention = layer.cross_attn_image_to_token
+    mix, values = image_to_token_mix(attention, image_q, queries + query_pe, queries)
+    keys = linear_onto(keys, mix, values.t(), None)  # one pass over (hw, C), not three
+    return queries, layer.norm4(keys)
+
+
+def block_tokens(layer, queries, query_pe, k_proj, v_proj, attn_bias) -> torch.Tensor:
+    """A block's prompt-token half: self-attention, attention to the image, MLP.
+
+    ``k_proj``, ``v_proj``: the block's token-to-image keys and values of the image.
+    """
     if layer.skip_first_layer_pe:
         queries = layer.self_attn(q=queries, k=queries, v=queries)
     else:
         q = queries + query_pe
         queries = queries + layer.self_attn(q=q, k=q, v=queries)
     queries = layer.norm1(queries)
-    q = queries + query_pe
-    if side is None:
-        side = image_side(layer, keys, key_pe, terms)
-    k_proj, v_proj, image_q = side
-    attention = _token_to_image(layer.cross_attn_token_to_image, q, k_proj, v_proj, attn_bias)
+    attention = layer.cross_attn_token_to_image
+    attention = token_to_image(attention, queries + query_pe, k_proj, v_proj, attn_bias)
     queries = layer.norm2(queries + attention)
-    queries = layer.norm3(queries + layer.mlp(queries))
-    q = queries + query_pe
-    keys = _image_to_token(layer.cross_attn_image_to_token, image_q, q, queries, keys)
-    return queries, layer.norm4(keys)
+    return layer.norm3(queries + layer.mlp(queries))
 
 
-def _token_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+def token_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """(1, N, D) -> (heads, N, D / heads)."""
     return x[0].view(x.shape[1], heads, -1).transpose(0, 1)
 
 
-def _token_to_image(attention, q, k_proj, v_proj, attn_bias):
+def token_to_image(attention, q, k_proj, v_proj, attn_bias):
     """Prompt tokens (1, N, C) attend to the image; PerSAM's bias when given."""
     heads = attention.num_heads
     pixels, depth = k_proj.shape
-    qh = _token_heads(attention.q_proj(q), heads)  # (heads, N, d)
+    qh = token_heads(attention.q_proj(q), heads)  # (heads, N, d)
     kh = k_proj.view(pixels, heads, -1).permute(1, 2, 0)  # (heads, d, hw), read in place
     vh = v_proj.view(pixels, heads, -1).transpose(0, 1)  # (heads, hw, d)
     weights = torch.softmax(torch.matmul(qh, kh) / math.sqrt(depth // heads), dim=-1)
@@ -372,73 +372,24 @@ def _token_to_image(attention, q, k_proj, v_proj, attn_bias):
     return attention.out_proj(out)
 
 
-def _image_to_token(attention, image_q, k, v, residual):
-    """``residual`` plus the image tokens' attention to the prompt tokens, (hw, C).
+def image_to_token_mix(attention, image_q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image tokens' attention to the prompt tokens as ``mix @ values``, (hw, C).
 
     The scores are formed as (tokens, pixels) per head, so the softmax over the few
     tokens runs along contiguous pixels. The output projection is applied to each
     head's token values before mixing (a pixel's output is a mix of N projected
-    values per head): one product of (hw, heads N) weights with (heads N, C). Its
-    bias is folded into those values (each head's weights sum to 1, so adding
-    ``bias / heads`` to every value adds ``bias`` to the output), and the product
-    accumulates onto ``residual``: one pass over (hw, C) instead of three.
+    values per head): ``mix`` (hw, heads N) holds the weights, ``values`` (heads N, C)
+    the projected values. The projection's bias is folded into the values (each
+    head's weights sum to 1, so adding ``bias / heads`` to every value adds ``bias``).
     """
     heads = attention.num_heads
     pixels, depth = image_q.shape
-    kh = _token_heads(attention.k_proj(k), heads)  # (heads, N, d)
-    vh = _token_heads(attention.v_proj(v), heads)
+    kh = token_heads(attention.k_proj(k), heads)  # (heads, N, d)
+    vh = token_heads(attention.v_proj(v), heads)
     qh = image_q.view(pixels, heads, -1).permute(1, 2, 0)  # (heads, d, hw)
     scores = torch.matmul(kh, qh).div_(math.sqrt(depth // heads))  # SAM's q k^T, transposed
     weights = torch.softmax(scores, dim=-2)  # over the prompt tokens
     out_weight = attention.out_proj.weight  # (C, D)
     values = torch.matmul(vh, out_weight.t().reshape(heads, depth // heads, -1))  # (heads, N, C)
     values = values.add_(attention.out_proj.bias / heads).reshape(-1, out_weight.shape[0])
-    mix = weights.reshape(-1, pixels).t()  # (hw, heads N)
-    return linear_onto(residual, mix, values.t(), None)
-
-
-def upscale_and_predict(
-    decoder: MaskDecoder, keys: torch.Tensor, grid: tuple[int, int], hyper_in: torch.Tensor
-) -> torch.Tensor:
-    """``output_upscaling`` and the hypernetwork product for one prompt.
-
-    Parameters
-    ----------
-    keys : (hw, C) image tokens after the transformer.
-    grid : (h, w) of the tokens.
-    hyper_in : (M, C // 8) the chosen mask tokens through their hypernetwork MLPs.
-
-    Returns
-    -------
-    (M, 4h, 4w) mask logits, as ``hyper_in @ upscaled`` in ``predict_masks``.
-    """
-    first, norm, first_act, second, second_act = decoder.output_upscaling
-    height, width = grid
-    # Cell (y, x) of a 2 x 2, stride-2 transposed convolution writes only output
-    # pixels (2y + i, 2x + j): weight (in, out, i, j) as an (in, (i, j, out)) matrix.
-    first_weight, first_bias = _as_weight(first.weight), first.bias.repeat(4)
-    second_weight, second_bias = _as_weight(second.weight), second.bias.repeat(4)
-    fused_gelu = type(second_act) is torch.nn.GELU and second_act.approximate == "none"
-    hyper_t = hyper_in.t()
-    masks = keys.new_empty(hyper_in.shape[0], 4 * height, 4 * width)
-    # A band of token rows at a time: its temporaries of 1-2 MiB stay in cache between
-    # the passes (product, norm, GELU, product, GELU, product) instead of the whole
-    # head's 4-8 MiB ones going through memory at each pass.
-    band = max(1, _BAND_TOKENS // width)
-    for top in range(0, height, band):
-        rows = min(band, height - top)
-        x = linear(keys[top * width : (top + rows) * width], first_weight, first_bias)
-        x = x.view(-1, first.out_channels)  # rows (y, x, i, j)
-        x = first_act(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = linear(x, second_weight, second_bias, gelu=fused_gelu)
-        x = x if fused_gelu else second_act(x)
-        x = torch.mm(x.view(-1, second.out_channels), hyper_t)  # rows (y, x, i, j, i2, j2)
-        # (y, x, i, j, i2, j2, m) -> (m, 4y + 2i + i2, 4x + 2j + j2)
-        x = x.view(rows, width, 2, 2, 2, 2, -1).permute(6, 0, 2, 4, 1, 3, 5)
-        masks[:, 4 * top : 4 * (top + rows)].view(-1, rows, 2, 2, width, 2, 2).copy_(x)
-    return masks
-
-
-def _as_weight(weight: torch.Tensor) -> torch.Tensor:
-    """ConvTranspose2d weight (in, out, 2, 2) -> a (4 * out, in) linear weight, rows (i, j, out)."""
-    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0]).contiguous()
+    return weights.reshape(-1, pixels).t().contiguous(), values  # formed once, read twice
