@@ -98,6 +98,48 @@ def test_cascade_masks_are_formed_only_when_asked_for(prompter_and_scene, formed
     assert all(not outcome.mask.any() and outcome.box is None for outcome in lost)
 
 
+def test_many_prompt_sets_share_the_image_basis_and_get_the_same_answer(
+    prompter_and_scene, monkeypatch
+):
+    from napari_persam.core.engine import prompting
+
+    engine, concept, embedding = prompter_and_scene
+    prompter = Prompter(engine.sam, torch.device("cpu"), PerSAMConfig(refinement_steps=2))
+    guidance = prompter.guidance(embedding, concept)
+    best, _ = extreme_points(guidance.similarity)
+    shifts = ([0, 0], [5, 5], [-5, 10], [12, -3], [20, 20], [-9, -9])
+    prompts = [PromptSet(points=np.array([best + shift]), labels=np.array([1])) for shift in shifts]
+    assert len(prompts) >= prompting.BASIS_FROM
+    formed = []
+    original = Prompter.image_basis
+
+    def counting(self, image):
+        formed.append(image)
+        return original(self, image)
+
+    from napari_persam.core.engine import decoder
+
+    thin_calls = []
+    thin_predict_masks = decoder.thin_predict_masks
+
+    def counting_calls(*args, **kwargs):
+        thin_calls.append(1)
+        return thin_predict_masks(*args, **kwargs)
+
+    monkeypatch.setattr(Prompter, "image_basis", counting)
+    monkeypatch.setattr(decoder, "thin_predict_masks", counting_calls)
+    thin = prompter.cascade(embedding, prompts, guidance)
+    assert formed == [embedding]  # once for the first decoding and every refinement
+    assert len(thin_calls) == 3  # the guided decoding and both refinement steps
+    monkeypatch.setattr(prompting, "BASIS_FROM", len(prompts) + 1)
+    lean = prompter.cascade(embedding, prompts, guidance)
+    assert len(formed) == 1 and len(thin_calls) == 3
+    for got, expected in zip(thin, lean):
+        assert got.score == pytest.approx(expected.score, abs=1e-5)
+        # A logit within rounding of 0 may flip one pixel of the upscaled mask.
+        assert np.count_nonzero(got.mask != expected.mask) <= 0.001 * got.mask.size
+
+
 def test_prompt_sets_are_batched_by_kind_and_size(tiny_sam):
     prompter = Prompter(tiny_sam, torch.device("cpu"), PerSAMConfig(decoder_batch_size=2))
     two = PromptSet(points=np.zeros((2, 2)), labels=np.array([1, 0]))

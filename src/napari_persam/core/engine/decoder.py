@@ -35,6 +35,8 @@ from segment_anything.modeling.transformer import TwoWayAttentionBlock, TwoWayTr
 
 from napari_persam.core.engine.lean_decoder import lean_path_supported
 from napari_persam.core.engine.lean_decoder import predict_masks as lean_predict_masks
+from napari_persam.core.engine.low_rank_decoder import ImageBasis, constant_dense
+from napari_persam.core.engine.low_rank_decoder import predict_masks as thin_predict_masks
 from napari_persam.core.engine.mask_prompts import MaskPrompt
 
 
@@ -126,6 +128,7 @@ def decode_masks(
     target_embedding: torch.Tensor | None = None,
     force_view: bool = False,
     mask_prompt: MaskPrompt | None = None,
+    image_basis: ImageBasis | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run SAM's mask decoder, optionally with PerSAM's guidance.
 
@@ -154,6 +157,11 @@ def decode_masks(
         The B prompts' mask inputs before the prompt encoder's last projection
         (:func:`.mask_prompts.factor_mask_prompt`), in place of dense embeddings:
         the lean decoder then projects them at rank 16.
+    image_basis : ImageBasis, optional
+        :func:`.low_rank_decoder.image_basis` of these ``image_embeddings`` and
+        ``image_pe`` for this decoder: every prompt's image tokens are then kept as
+        the basis plus a thin part (with ``mask_prompt``, or a ``dense`` embedding
+        shared by all prompts and equal at every pixel, as SAM's "no mask" is).
 
     Returns
     -------
@@ -163,6 +171,21 @@ def decode_masks(
     count = sparse_prompt_embeddings.shape[0]
     chosen = slice(1, None) if multimask_output else slice(0, 1)
     target = None if target_embedding is None else target_embedding.reshape(1, 1, -1)
+    if image_basis is not None and not force_view:
+        basis_of = (image_basis.decoder, image_basis.features, image_basis.image_pe)
+        if any(a is not b for a, b in zip(basis_of, (mask_decoder, image_embeddings, image_pe))):
+            raise ValueError("image_basis was formed for another decoder, image or encoding")
+        dense = None if mask_prompt is not None else constant_dense(dense_prompt_embeddings)
+        if mask_prompt is not None or dense is not None:
+            return thin_predict_masks(
+                image_basis,
+                sparse_prompt_embeddings=sparse_prompt_embeddings,
+                dense=dense,
+                mask_prompt=mask_prompt,
+                attn_bias=attn_bias,
+                target=target,
+                chosen=chosen,
+            )
     if not force_view and lean_path_supported(mask_decoder):
         return lean_predict_masks(
             mask_decoder,

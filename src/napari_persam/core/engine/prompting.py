@@ -22,9 +22,14 @@ from napari_persam.core.config import PerSAMConfig
 from napari_persam.core.engine.concepts import Concept
 from napari_persam.core.engine.decoder import attention_bias, decode_masks
 from napari_persam.core.engine.embeddings import ImageEmbedding
+from napari_persam.core.engine.low_rank_decoder import ImageBasis, image_basis
 from napari_persam.core.engine.mask_prompts import factor_mask_prompt
 from napari_persam.core.engine.postprocess import remove_small_components
 from napari_persam.core.engine.results import Segmentation
+
+#: Prompt sets in a cascade from which the decoder's image basis is formed: it costs
+#: about what four prompt sets' three decoder calls save (low_rank_decoder).
+BASIS_FROM = 4
 
 
 @dataclass(frozen=True)
@@ -213,11 +218,13 @@ class Prompter:
         mask_inputs: torch.Tensor | None,
         multimask: bool,
         guidance: Guidance | None,
+        basis: ImageBasis | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One batched decoder call.
 
         All ``prompts`` must have the same number of points, and ``boxes`` must be
         all None or all set. ``mask_inputs``: (B, 4gh, 4gw) logits or None.
+        ``basis``: :meth:`image_basis` of ``embedding``, for many prompts.
         Returns low-resolution logits (B, M, 4gh, 4gw) and IoU predictions (B, M).
         """
         geometry = embedding.geometry
@@ -257,7 +264,12 @@ class Prompter:
                 multimask_output=multimask,
                 attn_bias=None if guidance is None else guidance.attn_bias,
                 target_embedding=None if guidance is None else guidance.target,
+                image_basis=basis,
             )
+
+    def image_basis(self, embedding: ImageEmbedding) -> ImageBasis | None:
+        """The decoder's prompt-independent products of ``embedding`` (None: not SAM's)."""
+        return image_basis(self.sam.mask_decoder, embedding.features, self.dense_pe())
 
     def to_mask(self, embedding: ImageEmbedding, logits: torch.Tensor) -> np.ndarray:
         """(4gh, 4gw) low-resolution logits -> (H, W) bool mask in image pixels.
@@ -277,7 +289,11 @@ class Prompter:
 
     # ------------------------------------------------------------ cascade
     def cascade(
-        self, embedding: ImageEmbedding, prompts: Sequence[PromptSet], guidance: Guidance
+        self,
+        embedding: ImageEmbedding,
+        prompts: Sequence[PromptSet],
+        guidance: Guidance,
+        basis: ImageBasis | None = None,
     ) -> list[CascadeResult]:
         """PerSAM's first prediction and cascaded refinement for each prompt set.
 
@@ -285,7 +301,9 @@ class Prompter:
         weights); refinement step 1 feeds the logits back, step 2 and later also
         the tight box of the last mask; of SAM's multimask outputs the highest
         predicted IoU wins. A prompt set whose mask becomes empty ends with an
-        empty mask and score 0.
+        empty mask and score 0. ``basis``: :meth:`image_basis` of ``embedding``,
+        when the caller runs several cascades on it; otherwise it is formed here
+        for ``BASIS_FROM`` or more prompt sets.
         """
         count = len(prompts)
         logits: list[torch.Tensor | None] = [None] * count
@@ -299,6 +317,8 @@ class Prompter:
         next_boxes: list[np.ndarray | None] = [None] * count
 
         weights = guidance.mask_weights
+        if basis is None and count >= BASIS_FROM:
+            basis = self.image_basis(embedding)
         for group in self._groups(prompts, boxes, range(count)):
             low, iou = self.decode(
                 embedding,
@@ -307,6 +327,7 @@ class Prompter:
                 mask_inputs=None,
                 multimask=weights is not None,
                 guidance=guidance,
+                basis=basis,
             )
             if weights is not None:
                 mixed = torch.einsum("bmhw,m->bhw", low, weights)
@@ -331,6 +352,7 @@ class Prompter:
                     mask_inputs=torch.stack([logits[i] for i in group]),
                     multimask=True,
                     guidance=None,
+                    basis=basis,
                 )
                 best = torch.argmax(iou, dim=1)
                 for row, index in enumerate(group):
