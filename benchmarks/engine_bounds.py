@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from napari_persam.core import PerSAMConfig
+from napari_persam.core.engine.prompting import BASIS_FROM
 from napari_persam.core.engine_builder import EngineSpec, build_engine, iter_load
 from napari_persam.core.progress import run
 
@@ -82,10 +83,23 @@ def _count_onednn_products() -> None:
         return 2 * x_shape[0] * x_shape[1] * out_shape[-1]
 
 
-def decoder_flops(engine, embedding, guidance, prompt) -> dict[str, float]:
-    """FLOPs per prompt of the first (guided, single mask) and a refinement decoder call."""
+def _flops(function, *args, **kwargs) -> tuple[object, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
+    counter = FlopCounterMode(display=False)
+    with counter:
+        result = function(*args, **kwargs)
+    return result, float(counter.get_total_flops())
+
+
+def decoder_flops(engine, embedding, guidance, prompt) -> dict[str, float]:
+    """FLOPs per prompt of the first (guided, single mask) and a refinement decoder call.
+
+    For each of: ``lean`` (the batched decoder without a basis, as for fewer than
+    ``BASIS_FROM`` prompt sets), ``thin`` (with the image basis, whose one-time
+    ``basis`` FLOPs are given apart) and ``sam`` (segment_anything's own
+    ``MaskDecoder`` on the same inputs: the work before our cuts).
+    """
     _count_onednn_products()
 
     prompter = engine.prompter
@@ -93,32 +107,66 @@ def decoder_flops(engine, embedding, guidance, prompt) -> dict[str, float]:
         parameter.requires_grad_(False)  # the counter's module hooks expect no autograd here
     batch = 8
     prompts = [prompt] * batch
-    flops = {}
-    counter = FlopCounterMode(display=False)
-    with counter:
-        low, _ = prompter.decode(
-            embedding,
-            prompts,
-            boxes=[None] * batch,
-            mask_inputs=None,
-            multimask=False,
-            guidance=guidance,
-        )
-    flops["first"] = counter.get_total_flops() / batch
-    counter = FlopCounterMode(display=False)
     box = np.array([10.0, 10.0, 60.0, 60.0])
-    with counter:
-        prompter.decode(
-            embedding,
-            prompts,
-            boxes=[box] * batch,
-            mask_inputs=low[:, 0],
-            multimask=True,
-            guidance=None,
-        )
-    flops["refinement"] = counter.get_total_flops() / batch
-    flops["cascade"] = flops["first"] + 2 * flops["refinement"]
+    basis, basis_flops = _flops(prompter.image_basis, embedding)
+    flops = {"basis": basis_flops}
+    for name, options in {
+        "lean": {},
+        "thin": {"basis": basis},
+        "sam": {"force_view": True},
+    }.items():
+        with _decoder_options(options.pop("force_view", False)):
+            (low, _), first = _flops(
+                prompter.decode,
+                embedding,
+                prompts,
+                boxes=[None] * batch,
+                mask_inputs=None,
+                multimask=False,
+                guidance=guidance,
+                **options,
+            )
+            _, refinement = _flops(
+                prompter.decode,
+                embedding,
+                prompts,
+                boxes=[box] * batch,
+                mask_inputs=low[:, 0],
+                multimask=True,
+                guidance=None,
+                **options,
+            )
+        flops[f"{name}_first"] = first / batch
+        flops[f"{name}_refinement"] = refinement / batch
+        flops[f"{name}_cascade"] = (first + 2 * refinement) / batch
     return flops
+
+
+class _decoder_options:
+    """With ``force_view``: every decoder call takes segment_anything's own modules."""
+
+    def __init__(self, force_view: bool):
+        self.force_view = force_view
+
+    def __enter__(self):
+        from napari_persam.core.engine import decoder, prompting
+
+        self.original = prompting.decode_masks
+        if self.force_view:
+
+            def viewed(*args, **kwargs):
+                kwargs.pop("image_basis", None)
+                if kwargs.get("mask_prompt") is not None:  # SAM takes the dense embedding
+                    kwargs["dense_prompt_embeddings"] = kwargs.pop("mask_prompt").dense()
+                return decoder.decode_masks(*args, **kwargs, force_view=True)
+
+            prompting.decode_masks = viewed
+        return self
+
+    def __exit__(self, *exc):
+        from napari_persam.core.engine import prompting
+
+        prompting.decode_masks = self.original
 
 
 def bench_instances(counts: list[int], rounds: int, tiling: str = "auto") -> dict:
@@ -137,14 +185,33 @@ def bench_instances(counts: list[int], rounds: int, tiling: str = "auto") -> dic
     # The rate moves with the host's load (81-113 GFLOP per CPU-second in one minute on
     # a shared VM): measured before every round, so each round has its own bound.
     by_library = [cpu_gemm_rates()]
-    decoded = {"prompts": 0}
+    # What each round decodes, and so its FLOPs: prompt sets decoded thin (with a
+    # basis) or lean, and the bases formed.
+    decoded = {"thin": 0, "lean": 0, "bases": 0}
     original = engine.prompter.cascade
+    original_basis = engine.prompter.image_basis
 
-    def counting(embedding, prompts, guidance):
-        decoded["prompts"] += len(prompts)
-        return original(embedding, prompts, guidance)
+    def counting(embedding, prompts, guidance, basis=None):
+        thin = basis is not None or len(prompts) >= BASIS_FROM
+        decoded["thin" if thin else "lean"] += len(prompts)
+        return original(embedding, prompts, guidance, basis)
+
+    def counting_bases(embedding):
+        decoded["bases"] += 1
+        return original_basis(embedding)
 
     engine.prompter.cascade = counting  # type: ignore[method-assign]
+    engine.prompter.image_basis = counting_bases  # type: ignore[method-assign]
+
+    def work(counted) -> tuple[float, float]:
+        """(our FLOPs, segment_anything's decoder FLOPs) of one round."""
+        ours = (
+            counted["thin"] * flops["thin_cascade"]
+            + counted["lean"] * flops["lean_cascade"]
+            + counted["bases"] * flops["basis"]
+        )
+        return ours, (counted["thin"] + counted["lean"]) * flops["sam_cascade"]
+
     results = {}
     for count in counts:
         engine.config = dataclasses.replace(config, max_instances=count)
@@ -154,36 +221,40 @@ def bench_instances(counts: list[int], rounds: int, tiling: str = "auto") -> dic
             measured = cpu_gemm_rates()
             by_library.append(measured)
             rate = measured["best"]
-            decoded["prompts"] = 0
+            decoded.update(thin=0, lean=0, bases=0)
             found, time_lap = lap(engine.segment_instances, image, concept)
-            per = time_lap["cpu"] / max(decoded["prompts"], 1)
+            prompts = decoded["thin"] + decoded["lean"]
+            ours, sams = work(decoded)
             laps.append(
                 {
                     **time_lap,
-                    "decoded": decoded["prompts"],
+                    "decoded": prompts,
+                    "counted": dict(decoded),
                     "found": found.count,
-                    "over_bound": per / (flops["cascade"] / rate),
+                    "over_bound": time_lap["cpu"] / (ours / rate),
+                    "over_sam_bound": time_lap["cpu"] / (sams / rate),
                     # Against MKL alone (torch.mm), the bound of earlier sessions' figures.
-                    "over_mkl_bound": per / (flops["cascade"] / measured["mkl"]),
+                    "over_mkl_bound": time_lap["cpu"] / (ours / measured["mkl"]),
                 }
             )
         cpu = statistics.median(item["cpu"] for item in laps)
         prompts = statistics.median(item["decoded"] for item in laps)
-        per = cpu / max(prompts, 1)
+        rate = statistics.median(measured["best"] for measured in by_library)
         results[count] = {
             "cpu_s": cpu,
             "wall_s": statistics.median(item["wall"] for item in laps),
             "candidates_decoded": prompts,
+            "decoded_thin_lean_bases": laps[-1]["counted"],
             "objects": laps[-1]["found"],
-            "cpu_per_candidate_s": per,
-            "bound_per_candidate_s": flops["cascade"]
-            / statistics.median(measured["best"] for measured in by_library),
+            "cpu_per_candidate_s": cpu / max(prompts, 1),
+            "bound_per_candidate_s": work(laps[-1]["counted"])[0] / max(prompts, 1) / rate,
             # Each round against the bound at the rate measured just before it.
             "over_bound": statistics.median(item["over_bound"] for item in laps),
             "over_bound_by_round": [item["over_bound"] for item in laps],
+            "over_sam_bound": statistics.median(item["over_sam_bound"] for item in laps),
             "over_mkl_bound": statistics.median(item["over_mkl_bound"] for item in laps),
         }
-    del engine.prompter.cascade
+    del engine.prompter.cascade, engine.prompter.image_basis
     rates = [measured["best"] for measured in by_library]
     return {
         "decoder_gflop_per_prompt": {k: v / 1e9 for k, v in flops.items()},

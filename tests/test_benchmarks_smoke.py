@@ -75,7 +75,9 @@ def test_the_bound_benchmarks_run(monkeypatch, tmp_path):
         sys.modules.pop("encoder_bounds", None)
     engine = json.loads((tmp_path / "engine_bounds.json").read_text())
     assert engine["finetune"]["cpu"] > 0
-    assert engine["instances"]["decoder_gflop_per_prompt"]["cascade"] > 0
+    assert engine["instances"]["decoder_gflop_per_prompt"]["thin_cascade"] > 0
+    instances = engine["instances"]["by_candidates"]
+    assert all(row["over_sam_bound"] < row["over_bound"] for row in instances.values())
     encoder = json.loads((tmp_path / "encoder_bounds.json").read_text())
     variants = encoder["results"][0]["variants"]
     assert {"eager", "eager+heap", "sdpa"} <= set(variants)

@@ -23,7 +23,13 @@ from skimage.feature import peak_local_max
 from napari_persam.core.engine.concepts import Concept
 from napari_persam.core.engine.embeddings import ImageEmbedding
 from napari_persam.core.engine.postprocess import remove_small_components
-from napari_persam.core.engine.prompting import Guidance, Prompter, PromptSet, extreme_points
+from napari_persam.core.engine.prompting import (
+    BASIS_FROM,
+    Guidance,
+    Prompter,
+    PromptSet,
+    extreme_points,
+)
 from napari_persam.core.engine.results import Instances
 from napari_persam.core.engine.retrieval import InstanceCheck
 
@@ -151,6 +157,8 @@ def find_instances(
     distances: list[float] = []
     areas: list[int] = [0]
     pending = list(prompts)
+    # One image basis for every batch's cascade (each would otherwise form its own).
+    basis = prompter.image_basis(embedding) if len(prompts) >= BASIS_FROM else None
     while pending:
         batch: list[PromptSet] = []
         while pending and len(batch) < cfg.decoder_batch_size:
@@ -159,7 +167,7 @@ def find_instances(
                 batch.append(prompt)
         if not batch:
             break
-        for prompt, outcome in zip(batch, prompter.cascade(embedding, batch, guidance)):
+        for prompt, outcome in zip(batch, prompter.cascade(embedding, batch, guidance, basis)):
             if _covered(labels, prompt):
                 continue  # an object accepted earlier in this batch already holds it
             mask = remove_small_components(outcome.mask, min_area_fraction=cfg.min_area_fraction)
