@@ -101,7 +101,7 @@ def test_cascade_masks_are_formed_only_when_asked_for(prompter_and_scene, formed
 def test_many_prompt_sets_share_the_image_basis_and_get_the_same_answer(
     prompter_and_scene, monkeypatch
 ):
-    from napari_persam.core.engine import prompting
+    from napari_persam.core.engine import decoder, prompting
 
     engine, concept, embedding = prompter_and_scene
     prompter = Prompter(engine.sam, torch.device("cpu"), PerSAMConfig(refinement_steps=2))
@@ -116,8 +116,6 @@ def test_many_prompt_sets_share_the_image_basis_and_get_the_same_answer(
     def counting(self, image):
         formed.append(image)
         return original(self, image)
-
-    from napari_persam.core.engine import decoder
 
     thin_calls = []
     thin_predict_masks = decoder.thin_predict_masks
